@@ -1,0 +1,1 @@
+"""Analysis toolkit: pure functions on arrays/tensors."""

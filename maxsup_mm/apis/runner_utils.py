@@ -1,0 +1,106 @@
+"""What ``tools/train.py`` and ``tools/test.py`` share.
+
+They work for mmpretrain and mmsegmentation configs alike: the config's
+``default_scope`` decides which registries (and which upstream registration
+of modules) are used.  On machines without CUDA, distributed runs use the
+``gloo`` backend, which mmengine's ``pytorch`` launcher does not handle.
+"""
+import os
+import os.path as osp
+from typing import Optional
+
+import torch
+import torch.distributed as torch_dist
+from mmengine.config import Config, ConfigDict
+
+#: hooks every run of our tools gets unless the config lists them already
+DEFAULT_HOOKS = ('WeightsOnlyCheckpointHook', 'ReseedHook',
+                 'NonFiniteLossHook')
+
+
+def register_all(cfg: Config) -> None:
+    """Import ``maxsup_mm`` and the upstream modules of the config's scope."""
+    import maxsup_mm  # noqa: F401  (registers our modules)
+    scope = cfg.get('default_scope', 'mmpretrain')
+    if scope == 'mmseg':
+        from mmseg.utils import register_all_modules
+        register_all_modules(init_default_scope=True)
+        try:
+            import maxsup_mm.seg  # noqa: F401
+        except ImportError:
+            pass
+    else:
+        from mmpretrain.utils import register_all_modules
+        register_all_modules(init_default_scope=True)
+
+
+def add_default_hooks(cfg: Config) -> Config:
+    """Append :data:`DEFAULT_HOOKS` to ``cfg.custom_hooks`` where missing.
+
+    ``WeightsOnlyCheckpointHook`` makes checkpoints safe to load under torch
+    >= 2.6, ``ReseedHook`` makes ``--resume`` exact and ``NonFiniteLossHook``
+    stops a diverged run.  The hooks are registered in mmengine's root
+    registry, so mmpretrain and mmseg runners both find them.
+    """
+    hooks = list(cfg.get('custom_hooks', None) or [])
+    present = {str(h.get('type', '')).split('.')[-1] for h in hooks}
+    for name in DEFAULT_HOOKS:
+        if name not in present:
+            hooks.append(ConfigDict(type=name))
+    cfg.custom_hooks = hooks
+    return cfg
+
+
+def init_cpu_distributed(cfg: Config, launcher: str) -> None:
+    """Start a ``gloo`` process group on CPU-only machines.
+
+    mmengine's ``pytorch`` launcher calls ``torch.cuda.set_device`` and wraps
+    the model in DDP with ``device_ids=[LOCAL_RANK]``; both fail without
+    CUDA.  Starting the group here (from torchrun's environment) makes the
+    runner skip its own initialisation, and ``device_ids=None`` lets DDP run
+    on the CPU.
+    """
+    if launcher == 'none' or torch.cuda.is_available():
+        return
+    if launcher != 'pytorch':
+        raise RuntimeError(f'launcher {launcher!r} needs CUDA; on a CPU-only '
+                           "machine use --launcher pytorch (torchrun)")
+    if not torch_dist.is_initialized():
+        torch_dist.init_process_group(backend='gloo')
+    wrapper = dict(cfg.get('model_wrapper_cfg', None) or {})
+    wrapper.setdefault('type', 'MMDistributedDataParallel')
+    wrapper['device_ids'] = None
+    # DDP's own default (True) would overwrite per-rank buffers such as the
+    # statistics of OnlineLabelSmoothLoss; mmengine's default is False.
+    wrapper.setdefault('broadcast_buffers', False)
+    cfg.model_wrapper_cfg = wrapper
+    cfg.setdefault('env_cfg', ConfigDict())
+    cfg.env_cfg.setdefault('dist_cfg', ConfigDict())
+    cfg.env_cfg.dist_cfg['backend'] = 'gloo'
+
+
+def default_work_dir(config_path: str) -> str:
+    return osp.join('./work_dirs', osp.splitext(osp.basename(config_path))[0])
+
+
+def build_runner(cfg: Config):
+    """Build the runner the way mmpretrain / mmseg's tools do."""
+    from mmengine.registry import RUNNERS
+    from mmengine.runner import Runner
+    if 'runner_type' in cfg:
+        return RUNNERS.build(cfg)
+    return Runner.from_cfg(cfg)
+
+
+def load_config(path: str, cfg_options: Optional[dict] = None,
+                launcher: str = 'none') -> Config:
+    """Load a config, apply ``--cfg-options`` and set the launcher."""
+    cfg = Config.fromfile(path)
+    if cfg_options:
+        cfg.merge_from_dict(cfg_options)
+    cfg.launcher = launcher
+    register_all(cfg)
+    init_cpu_distributed(cfg, launcher)
+    if 'LOCAL_RANK' not in os.environ:
+        os.environ['LOCAL_RANK'] = '0'
+    return cfg

@@ -1,0 +1,1 @@
+"""Classification heads (registered in mmpretrain MODELS)."""

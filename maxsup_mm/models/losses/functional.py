@@ -1,0 +1,239 @@
+"""Pure functions of ``(logits, target)`` for the label-smoothing family.
+
+Every function here returns the **unreduced** loss (one value per sample, or
+per pixel for ``(N, K, *spatial)`` logits) and is written next to the equation
+of the MaxSup paper (Zhou et al., "MaxSup: Overcoming Representation Collapse
+in Label Smoothing", 2025; see ``shared/paper``) that it implements.  The
+registered loss classes in this package are thin wrappers around them.
+
+Notation: ``z`` are the logits of one sample (``K`` classes), ``z_gt`` the
+logit of the ground-truth class, ``z_max = max_k z_k`` and
+``z_mean = (1/K) sum_k z_k``.  A *hard* target is an integer tensor of class
+indices with the logits' shape minus the class dimension; a *soft* target is a
+float tensor with the logits' shape whose rows sum to one (what mmpretrain's
+Mixup / CutMix produce).
+"""
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    'is_soft_target', 'soft_cross_entropy', 'cross_entropy',
+    'max_suppression', 'maxsup_cross_entropy',
+    'maxsup_cross_entropy_reference', 'label_smoothing_term',
+    'ls_regularization_term', 'ls_error_enhancement_term',
+    'ls_error_enhancement_max_term', 'LS_COMPONENTS',
+    'label_smooth_decomp_cross_entropy', 'logit_penalty_cross_entropy',
+    'confidence_penalty_cross_entropy'
+]
+
+
+def is_soft_target(logits: torch.Tensor, target: torch.Tensor) -> bool:
+    """Whether ``target`` is a soft (probability) target for ``logits``."""
+    return target.dim() == logits.dim() and target.is_floating_point()
+
+
+def soft_cross_entropy(logits: torch.Tensor,
+                       target: torch.Tensor) -> torch.Tensor:
+    r"""Cross-entropy with a soft target, :math:`-\sum_k y_k \log q_k`.
+
+    Args:
+        logits (Tensor): ``(N, K)`` or ``(N, K, *spatial)`` logits.
+        target (Tensor): soft target of the same shape.
+
+    Returns:
+        Tensor: the loss per sample, shape ``(N, *spatial)``.
+    """
+    return -(target * F.log_softmax(logits, dim=1)).sum(dim=1)
+
+
+def cross_entropy(logits: torch.Tensor,
+                  target: torch.Tensor,
+                  ignore_index: int = -100) -> torch.Tensor:
+    """:math:`H(y, q)` for hard (class index) or soft targets, unreduced.
+
+    Ignored positions (hard targets equal to ``ignore_index``) get loss 0.
+    """
+    if is_soft_target(logits, target):
+        return soft_cross_entropy(logits, target)
+    return F.cross_entropy(
+        logits, target, ignore_index=ignore_index, reduction='none')
+
+
+def _gt_logit(logits: torch.Tensor, target: torch.Tensor,
+              ignore_index: int) -> torch.Tensor:
+    """``z_gt``; for soft targets the target-weighted logit sum_k y_k z_k."""
+    if is_soft_target(logits, target):
+        return (target * logits).sum(dim=1)
+    index = target.masked_fill(target == ignore_index, 0).unsqueeze(1)
+    return logits.gather(1, index).squeeze(1)
+
+
+def _zero_ignored(loss: torch.Tensor, target: torch.Tensor,
+                  logits: torch.Tensor, ignore_index: int) -> torch.Tensor:
+    if is_soft_target(logits, target):
+        return loss
+    return loss.masked_fill(target == ignore_index, 0.)
+
+
+# ---------------------------------------------------------------------------
+# MaxSup, eq. (8)-(9)
+# ---------------------------------------------------------------------------
+def max_suppression(logits: torch.Tensor) -> torch.Tensor:
+    r"""The Max Suppression term, eq. (8): :math:`z_{max} - \bar z`.
+
+    Its gradient is eq. (9): :math:`1 - 1/K` on the arg-max logit (the first
+    one, as :func:`torch.max` picks, when several tie) and :math:`-1/K` on
+    every other logit.
+
+    Args:
+        logits (Tensor): ``(N, K)`` or ``(N, K, *spatial)`` logits.
+
+    Returns:
+        Tensor: ``(N, *spatial)``, always :math:`\ge 0`.
+    """
+    return logits.max(dim=1).values - logits.mean(dim=1)
+
+
+def maxsup_cross_entropy_reference(logits: torch.Tensor,
+                                   target: torch.Tensor,
+                                   alpha: float = 0.1,
+                                   ignore_index: int = -100) -> torch.Tensor:
+    r"""Naive MaxSup loss, eq. (6)+(8), kept as the oracle of the fused one.
+
+    :math:`L = H(y, q) + \alpha (z_{max} - \bar z)`, computed with separate
+    ops and differentiated by autograd.  See :func:`maxsup_cross_entropy`.
+    """
+    loss = cross_entropy(logits, target, ignore_index) \
+        + alpha * max_suppression(logits)
+    return _zero_ignored(loss, target, logits, ignore_index)
+
+
+def maxsup_cross_entropy(logits: torch.Tensor,
+                         target: torch.Tensor,
+                         alpha: float = 0.1,
+                         ignore_index: int = -100) -> torch.Tensor:
+    r"""Cross-entropy with Max Suppression, eq. (6) with eq. (8).
+
+    .. math::
+        L = H(y, q) + \alpha \Big(z_{max} - \frac{1}{K}\sum_k z_k\Big)
+
+    With a soft target (Mixup / CutMix) the CE part is
+    :math:`-\sum_k y_k \log q_k` and the MaxSup term is unchanged.  Ignored
+    positions of a hard target (``ignore_index``) contribute 0.
+
+    Args:
+        logits (Tensor): ``(N, K)`` or ``(N, K, *spatial)`` logits.
+        target (Tensor): class indices ``(N, *spatial)`` or a soft target
+            with the logits' shape.
+        alpha (float): weight of the MaxSup term. Defaults to 0.1.
+        ignore_index (int): hard-target value to ignore. Defaults to -100.
+
+    Returns:
+        Tensor: the loss per sample (per pixel), shape ``(N, *spatial)``.
+    """
+    return maxsup_cross_entropy_reference(logits, target, alpha, ignore_index)
+
+
+# ---------------------------------------------------------------------------
+# Label smoothing and its decomposition, eq. (2)-(5) and Table 1
+# ---------------------------------------------------------------------------
+def label_smoothing_term(logits: torch.Tensor,
+                         target: torch.Tensor) -> torch.Tensor:
+    r"""LS at the logit level, eq. (4): :math:`z_{gt} - \bar z`.
+
+    ``H(y, q) + alpha * label_smoothing_term`` equals, exactly, CE on the
+    smoothed target :math:`(1-\alpha) y + \alpha / K` (eq. (1)-(2)); for a soft
+    target :math:`z_{gt}` becomes :math:`\sum_k y_k z_k`, which is again exact
+    because the identity is linear in ``y``.
+    """
+    return _gt_logit(logits, target, -100) - logits.mean(dim=1)
+
+
+def _masked_mean_gap(logits: torch.Tensor, z_gt: torch.Tensor,
+                     mask: torch.Tensor) -> torch.Tensor:
+    """mean over masked k of (z_gt - z_k); 0 where the mask is empty."""
+    count = mask.sum(dim=1)
+    gap = ((z_gt.unsqueeze(1) - logits) * mask).sum(dim=1)
+    return torch.where(count > 0, gap / count.clamp(min=1), torch.zeros_like(gap))
+
+
+def ls_regularization_term(logits: torch.Tensor,
+                           target: torch.Tensor) -> torch.Tensor:
+    r"""The "regularization" part of LS, eq. (5) / Table 1, row 3.
+
+    :math:`\frac{1}{M}\sum_{z_m < z_{gt}} (z_{gt} - z_m)`: the mean gap between
+    the ground-truth logit and the ``M`` logits strictly below it; 0 if none.
+    """
+    z_gt = _gt_logit(logits, target, -100)
+    return _masked_mean_gap(logits, z_gt, logits < z_gt.unsqueeze(1))
+
+
+def ls_error_enhancement_term(logits: torch.Tensor,
+                              target: torch.Tensor) -> torch.Tensor:
+    r"""The "error-enhancement" part of LS, eq. (5) / Table 1, row 4.
+
+    :math:`\frac{1}{N}\sum_{z_n > z_{gt}} (z_{gt} - z_n)`: the mean gap to the
+    ``N`` logits strictly above the ground truth (:math:`\le 0`; 0 if the
+    prediction is correct).  Minimising it pushes :math:`z_{gt}` further down.
+    """
+    z_gt = _gt_logit(logits, target, -100)
+    return _masked_mean_gap(logits, z_gt, logits > z_gt.unsqueeze(1))
+
+
+def ls_error_enhancement_max_term(logits: torch.Tensor,
+                                  target: torch.Tensor) -> torch.Tensor:
+    r"""Error enhancement against the top-1 logit, Table 1, row 5.
+
+    :math:`z_{gt} - z_{max}` (:math:`\le 0`, 0 when the prediction is correct).
+    """
+    return _gt_logit(logits, target, -100) - logits.max(dim=1).values
+
+
+#: ``component`` name -> (term, whether it accepts soft targets)
+LS_COMPONENTS = {
+    'full': (label_smoothing_term, True),
+    'regularization': (ls_regularization_term, False),
+    'error_enhancement': (ls_error_enhancement_term, False),
+    'error_enhancement_max': (ls_error_enhancement_max_term, False),
+}
+
+
+def label_smooth_decomp_cross_entropy(logits: torch.Tensor,
+                                      target: torch.Tensor,
+                                      alpha: float = 0.1,
+                                      component: str = 'full') -> torch.Tensor:
+    """``H(y, q) + alpha * term``, one of the LS components of Table 1.
+
+    Args:
+        logits (Tensor): ``(N, K)`` logits.
+        target (Tensor): ``(N,)`` class indices, or ``(N, K)`` soft target
+            (only for ``component='full'``).
+        alpha (float): weight of the term.
+        component (str): a key of :data:`LS_COMPONENTS`.
+    """
+    term, _ = LS_COMPONENTS[component]
+    return cross_entropy(logits, target) + alpha * term(logits, target)
+
+
+# ---------------------------------------------------------------------------
+# Other logit regularizers compared in the paper
+# ---------------------------------------------------------------------------
+def logit_penalty_cross_entropy(logits: torch.Tensor,
+                                target: torch.Tensor,
+                                beta: float = 2e-3) -> torch.Tensor:
+    r"""Logit Penalty (Dauphin & Cubuk, 2021): :math:`H(y,q) + \beta\|z\|^2/2`."""
+    return cross_entropy(logits, target) + 0.5 * beta * logits.pow(2).sum(1)
+
+
+def confidence_penalty_cross_entropy(logits: torch.Tensor,
+                                     target: torch.Tensor,
+                                     beta: float = 0.1) -> torch.Tensor:
+    r"""Confidence Penalty (Pereyra et al., 2017): :math:`H(y,q) - \beta H(q)`.
+
+    :math:`H(q) = -\sum_k q_k \log q_k` is the entropy of the prediction.
+    """
+    log_q = F.log_softmax(logits, dim=1)
+    entropy = -(log_q.exp() * log_q).sum(dim=1)
+    return cross_entropy(logits, target) - beta * entropy

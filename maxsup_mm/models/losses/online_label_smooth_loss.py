@@ -1,0 +1,126 @@
+"""Online Label Smoothing (Zhang et al., 2021) as an mmpretrain loss."""
+import warnings
+
+import torch
+import torch.nn.functional as F
+from mmengine import dist
+from mmpretrain.registry import MODELS
+
+from .base import BaseClsLoss, check_nonnegative
+from .functional import cross_entropy, soft_cross_entropy
+
+
+@MODELS.register_module()
+class OnlineLabelSmoothLoss(BaseClsLoss):
+    r"""Online Label Smoothing (OLS), Zhang et al., "Delving Deep into Label
+    Smoothing", IEEE TIP 2021.
+
+    The soft label of class :math:`c` is column :math:`S_{:,c}` of a
+    :math:`K \times K` matrix built from the *previous* epoch: the mean
+    predicted distribution of the training samples of class :math:`c` that
+    were classified correctly.  The first epoch uses ordinary label smoothing
+    (``1 - smoothing`` on the diagonal, ``smoothing / (K - 1)`` elsewhere).
+
+    .. math::
+        L = \alpha H(y, q) + (1 - \alpha) H(S_{:,y}, q)
+
+    With a soft target :math:`y` (Mixup / CutMix), the soft label is
+    :math:`S y` and a sample counts as correct when its arg-max prediction is
+    the arg-max of :math:`y`.
+
+    The statistics (``update``, ``idx_count``) and the matrix (``supervise``)
+    are buffers, so they are saved in checkpoints.  :meth:`epoch_update` sums
+    the statistics over all DDP ranks and switches the matrix; it is called by
+    :class:`~maxsup_mm.engine.hooks.OnlineLabelSmoothHook` at the end of every
+    training epoch.  That hook is all OLS needs: the loss sees every training
+    sample's logits and label in ``forward`` (the head passes them), and the
+    epoch boundary is a runner event, so no special head is required.
+    DDP must not broadcast buffers (mmengine's default,
+    ``broadcast_buffers=False``), or rank 0 would overwrite the other ranks'
+    statistics.
+
+    Args:
+        num_classes (int): number of classes ``K``.
+        alpha (float): weight of the hard-label CE, in ``[0, 1]``.
+            Defaults to 0.5.
+        smoothing (float): label smoothing of the first epoch's matrix.
+            Defaults to 0.1.
+        reduction (str): ``'none'``, ``'mean'`` or ``'sum'``.
+        loss_weight (float): weight of the loss. Defaults to 1.0.
+    """
+
+    def __init__(self,
+                 num_classes: int,
+                 alpha: float = 0.5,
+                 smoothing: float = 0.1,
+                 reduction: str = 'mean',
+                 loss_weight: float = 1.0):
+        super().__init__(reduction=reduction, loss_weight=loss_weight)
+        if not isinstance(num_classes, int) or num_classes < 2:
+            raise ValueError(f'OnlineLabelSmoothLoss: num_classes must be an '
+                             f'int >= 2, got {num_classes!r}')
+        self.alpha = check_nonnegative('alpha', alpha)
+        smoothing = check_nonnegative('smoothing', smoothing)
+        if self.alpha > 1 or smoothing > 1:
+            raise ValueError('OnlineLabelSmoothLoss: alpha and smoothing must '
+                             f'lie in [0, 1], got {alpha} and {smoothing}')
+        self.num_classes = num_classes
+        supervise = torch.full((num_classes, num_classes),
+                               smoothing / (num_classes - 1))
+        supervise.fill_diagonal_(1. - smoothing)
+        self.register_buffer('supervise', supervise)
+        self.register_buffer('update', torch.zeros(num_classes, num_classes))
+        self.register_buffer('idx_count', torch.zeros(num_classes))
+        self.hook_attached = False
+        self._warned = False
+
+    def soft_labels(self, label: torch.Tensor) -> torch.Tensor:
+        """The OLS soft label of every sample, ``(N, K)``."""
+        if label.dim() == 2:
+            return label.to(self.supervise.dtype) @ self.supervise.t()
+        return self.supervise.t()[label]
+
+    @torch.no_grad()
+    def accumulate(self, cls_score: torch.Tensor, label: torch.Tensor) -> None:
+        """Add the predictions of correctly classified samples to the stats."""
+        probs = F.softmax(cls_score.detach().float(), dim=1)
+        hard = label.argmax(dim=1) if label.dim() == 2 else label
+        correct = probs.argmax(dim=1) == hard
+        hard = hard[correct]
+        self.idx_count.index_add_(0, hard,
+                                  torch.ones_like(hard, dtype=torch.float))
+        self.update.index_add_(1, hard, probs[correct].t().to(self.update))
+
+    @torch.no_grad()
+    def epoch_update(self) -> None:
+        """Sum the statistics over ranks and switch to the new matrix.
+
+        Classes without a single correctly classified sample keep their
+        previous column.
+        """
+        if dist.get_world_size() > 1:
+            dist.all_reduce(self.update, op='sum')
+            dist.all_reduce(self.idx_count, op='sum')
+        seen = self.idx_count > 0
+        new = self.update / self.idx_count.clamp(min=1)
+        self.supervise.copy_(torch.where(seen.unsqueeze(0), new,
+                                         self.supervise))
+        self.update.zero_()
+        self.idx_count.zero_()
+
+    def loss_per_sample(self, cls_score: torch.Tensor,
+                        label: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            if not self.hook_attached and not self._warned:
+                warnings.warn('OnlineLabelSmoothLoss is training without '
+                              'OnlineLabelSmoothHook: its soft labels will '
+                              "never update. Add dict(type='OnlineLabelSmooth"
+                              "Hook') to custom_hooks.")
+                self._warned = True
+            self.accumulate(cls_score, label)
+        soft = self.soft_labels(label).to(cls_score.dtype)
+        return self.alpha * cross_entropy(cls_score, label) + \
+            (1. - self.alpha) * soft_cross_entropy(cls_score, soft)
+
+    def extra_repr(self) -> str:
+        return f'num_classes={self.num_classes}, alpha={self.alpha}'

@@ -1,0 +1,21 @@
+"""Shared fixtures: generated data in real on-disk formats, once per session."""
+import os
+import os.path as osp
+import sys
+
+import pytest
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+os.environ.setdefault('OMP_NUM_THREADS', '2')
+
+
+@pytest.fixture(scope='session')
+def imagenet_root(tmp_path_factory):
+    """A 4-class ImageNet-layout folder with train/val splits (32x32 JPEGs)."""
+    from maxsup_mm.datasets import write_imagenet_folder
+    root = str(tmp_path_factory.mktemp('imagenet'))
+    return write_imagenet_folder(root, num_classes=4, per_class=(8, 4),
+                                 size=32)

@@ -1,0 +1,324 @@
+"""The loss family against independent oracles (torch, autograd, the paper)."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from maxsup_mm.models.losses import (ConfidencePenaltyLoss,
+                                     LabelSmoothDecompLoss, LogitPenaltyLoss,
+                                     MaxSupLoss, OnlineLabelSmoothLoss,
+                                     maxsup_cross_entropy)
+
+DT = torch.float64
+
+
+def _data(n=16, k=7, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(n, k, generator=g, dtype=DT) * 3
+    labels = torch.randint(0, k, (n,), generator=g)
+    return logits, labels
+
+
+def _mixup_target(labels, k, lam=0.7, seed=1):
+    """What mmpretrain's Mixup makes: lam*onehot(y) + (1-lam)*onehot(y[perm])."""
+    perm = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))
+    onehot = F.one_hot(labels, k).double()
+    return lam * onehot + (1 - lam) * onehot[perm]
+
+
+def _manual_soft_ce(logits, target):
+    """-sum_k y_k log(exp z_k / sum_j exp z_j), written out element by element."""
+    out = []
+    for z, y in zip(logits.tolist(), target.tolist()):
+        m = max(z)
+        lse = m + torch.log(torch.tensor(sum(torch.exp(torch.tensor(v - m)).item() for v in z))).item()
+        out.append(-sum(yk * (zk - lse) for zk, yk in zip(z, y)))
+    return torch.tensor(out, dtype=DT)
+
+
+# --------------------------------------------------------------------------
+# Label smoothing, 'full' == torch's own label_smoothing
+# --------------------------------------------------------------------------
+@pytest.mark.parametrize('alpha', [0.0, 0.1, 0.35])
+def test_ls_full_equals_torch_label_smoothing(alpha):
+    logits, labels = _data()
+    loss = LabelSmoothDecompLoss(alpha=alpha, component='full')(logits, labels)
+    expected = F.cross_entropy(logits, labels, label_smoothing=alpha)
+    torch.testing.assert_close(loss, expected)
+
+
+def test_ls_full_soft_target_equals_ce_on_smoothed_target():
+    logits, labels = _data()
+    k, alpha = logits.shape[1], 0.2
+    target = _mixup_target(labels, k)
+    loss = LabelSmoothDecompLoss(alpha=alpha)(logits, target,
+                                              reduction_override='none')
+    smoothed = (1 - alpha) * target + alpha / k
+    torch.testing.assert_close(loss, _manual_soft_ce(logits, smoothed))
+    # and torch agrees for probability targets too
+    torch.testing.assert_close(
+        loss, F.cross_entropy(logits, target, label_smoothing=alpha,
+                              reduction='none'))
+
+
+# --------------------------------------------------------------------------
+# MaxSup
+# --------------------------------------------------------------------------
+def test_maxsup_value_is_ce_plus_gap():
+    logits, labels = _data()
+    alpha = 0.15
+    loss = MaxSupLoss(alpha=alpha)(logits, labels, reduction_override='none')
+    expected = F.cross_entropy(logits, labels, reduction='none') + alpha * (
+        logits.max(1).values - logits.mean(1))
+    torch.testing.assert_close(loss, expected)
+
+
+@pytest.mark.parametrize('soft', [False, True])
+def test_maxsup_gradient_matches_eq9(soft):
+    logits, labels = _data(n=12, k=9, seed=3)
+    k, alpha = logits.shape[1], 0.2
+    target = _mixup_target(labels, k) if soft else labels
+    z = logits.clone().requires_grad_(True)
+    MaxSupLoss(alpha=alpha, reduction='sum')(z, target).backward()
+    # CE gradient: softmax - target; eq. (9): alpha(1-1/K) on argmax, -alpha/K else
+    y = target if soft else F.one_hot(labels, k).double()
+    eq9 = torch.full_like(logits, -alpha / k)
+    eq9[torch.arange(len(logits)), logits.argmax(1)] = alpha * (1 - 1 / k)
+    expected = torch.softmax(logits, 1) - y + eq9
+    torch.testing.assert_close(z.grad, expected)
+
+
+def test_maxsup_soft_target_ce_part_is_hand_written_sum():
+    logits, labels = _data()
+    target = _mixup_target(labels, logits.shape[1])
+    alpha = 0.1
+    loss = maxsup_cross_entropy(logits, target, alpha)
+    expected = _manual_soft_ce(logits, target) + alpha * (
+        logits.max(1).values - logits.mean(1))
+    torch.testing.assert_close(loss, expected)
+
+
+def test_maxsup_equals_ls_when_prediction_is_correct_and_differs_otherwise():
+    logits = torch.tensor([[1.0, 4.0, 2.0], [1.0, 4.0, 2.0]])
+    labels = torch.tensor([1, 2])  # first correct, second wrong
+    ms = MaxSupLoss(alpha=0.1)(logits, labels, reduction_override='none')
+    ls = F.cross_entropy(logits, labels, label_smoothing=0.1, reduction='none')
+    torch.testing.assert_close(ms[0], ls[0])
+    assert ms[1] > ls[1]
+
+
+def test_maxsup_segmentation_shape_and_ignore_index():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 5, 3, 4, generator=g, dtype=DT)
+    target = torch.randint(0, 5, (2, 3, 4), generator=g)
+    target[0, 0, :2] = 255
+    loss = maxsup_cross_entropy(logits, target, 0.1, ignore_index=255)
+    assert loss.shape == (2, 3, 4)
+    assert (loss[0, 0, :2] == 0).all()
+    flat = logits.permute(0, 2, 3, 1)[1, 2, 3]
+    expected = F.cross_entropy(flat[None], target[1, 2, 3][None])[()] + 0.1 * (
+        flat.max() - flat.mean())
+    torch.testing.assert_close(loss[1, 2, 3], expected)
+
+
+# --------------------------------------------------------------------------
+# The decomposition of LS on a hand-worked 3-class example (eq. 5, Table 1)
+# --------------------------------------------------------------------------
+Z = torch.tensor([[1.0, 4.0, 2.0], [1.0, 4.0, 2.0]], dtype=DT)
+Y = torch.tensor([2, 1])  # wrong (z_gt=2 < z_max=4), correct (z_gt=4)
+CE = F.cross_entropy(Z, Y, reduction='none')
+HAND = {
+    # z_gt - mean: 2-7/3, 4-7/3
+    'full': [-1 / 3, 5 / 3],
+    # mean gap to the logits below z_gt: (2-1)/1 ; ((4-1)+(4-2))/2
+    'regularization': [1.0, 2.5],
+    # mean gap to the logits above z_gt: (2-4)/1 ; none -> 0
+    'error_enhancement': [-2.0, 0.0],
+    # z_gt - z_max
+    'error_enhancement_max': [-2.0, 0.0],
+}
+
+
+@pytest.mark.parametrize('component', sorted(HAND))
+def test_decomposition_terms_hand_worked(component):
+    alpha = 0.5
+    loss = LabelSmoothDecompLoss(alpha=alpha, component=component)(
+        Z, Y, reduction_override='none')
+    torch.testing.assert_close(
+        loss, CE + alpha * torch.tensor(HAND[component], dtype=DT))
+
+
+def test_decomposition_recombines_to_ls_eq5():
+    """eq. (5): LS term = (M/K)*regularization + (N/K)*error-enhancement."""
+    logits, labels = _data(n=64, k=10, seed=5)
+    k = logits.shape[1]
+    z_gt = logits.gather(1, labels[:, None])
+    m = (logits < z_gt).sum(1).double()
+    n = (logits > z_gt).sum(1).double()
+    ce = F.cross_entropy(logits, labels, reduction='none')
+
+    def term(c):
+        return LabelSmoothDecompLoss(alpha=1.0, component=c)(
+            logits, labels, reduction_override='none') - ce
+
+    torch.testing.assert_close(
+        term('full'), m / k * term('regularization') +
+        n / k * term('error_enhancement'))
+
+
+# --------------------------------------------------------------------------
+# Reductions, weight, avg_factor, loss_weight
+# --------------------------------------------------------------------------
+def test_reductions_weight_avg_factor():
+    logits, labels = _data()
+    per = F.cross_entropy(logits, labels, reduction='none') + 0.1 * (
+        logits.max(1).values - logits.mean(1))
+    w = torch.rand(len(labels), generator=torch.Generator().manual_seed(2),
+                   dtype=DT)
+    loss = MaxSupLoss(alpha=0.1, loss_weight=2.0)
+    torch.testing.assert_close(loss(logits, labels), 2 * per.mean())
+    torch.testing.assert_close(
+        loss(logits, labels, reduction_override='sum'), 2 * per.sum())
+    torch.testing.assert_close(
+        loss(logits, labels, reduction_override='none'), 2 * per)
+    torch.testing.assert_close(loss(logits, labels, weight=w),
+                               2 * (per * w).mean())
+    torch.testing.assert_close(loss(logits, labels, weight=w, avg_factor=5.0),
+                               2 * (per * w).sum() / 5.0)
+
+
+# --------------------------------------------------------------------------
+# Logit / confidence penalty
+# --------------------------------------------------------------------------
+def test_logit_penalty():
+    logits, labels = _data()
+    loss = LogitPenaltyLoss(beta=0.01)(logits, labels)
+    expected = (F.cross_entropy(logits, labels, reduction='none') +
+                0.005 * (logits**2).sum(1)).mean()
+    torch.testing.assert_close(loss, expected)
+
+
+def test_confidence_penalty():
+    logits, labels = _data()
+    q = torch.softmax(logits, 1)
+    entropy = -(q * torch.log(q)).sum(1)
+    loss = ConfidencePenaltyLoss(beta=0.3)(logits, labels)
+    expected = (F.cross_entropy(logits, labels, reduction='none') -
+                0.3 * entropy).mean()
+    torch.testing.assert_close(loss, expected)
+
+
+# --------------------------------------------------------------------------
+# Online label smoothing
+# --------------------------------------------------------------------------
+def test_ols_first_epoch_is_label_smoothing():
+    logits, labels = _data(k=5)
+    logits = logits.float()
+    k, alpha, s = 5, 0.5, 0.1
+    ols = OnlineLabelSmoothLoss(num_classes=k, alpha=alpha, smoothing=s).eval()
+    expected = alpha * F.cross_entropy(logits, labels) + (1 - alpha) * \
+        F.cross_entropy(logits, labels, label_smoothing=s * k / (k - 1))
+    torch.testing.assert_close(ols(logits, labels), expected)
+
+
+def test_ols_epoch_update_uses_correct_predictions_only():
+    k = 3
+    logits = torch.tensor([[3.0, 0.0, 0.0], [2.0, 1.0, 0.0], [0.0, 2.0, 0.0],
+                           [0.0, 0.0, 1.0]])
+    labels = torch.tensor([0, 0, 2, 2])  # rows 0,1 correct (class 0), 3 correct
+    ols = OnlineLabelSmoothLoss(num_classes=k).train()
+    ols.hook_attached = True
+    before = ols.supervise.clone()
+    ols(logits, labels)
+    ols.epoch_update()
+    q = torch.softmax(logits, 1)
+    torch.testing.assert_close(ols.supervise[:, 0], (q[0] + q[1]) / 2)
+    torch.testing.assert_close(ols.supervise[:, 2], q[3])
+    # class 1 had no correct sample: keeps its previous column
+    torch.testing.assert_close(ols.supervise[:, 1], before[:, 1])
+    assert ols.update.abs().sum() == 0 and ols.idx_count.sum() == 0
+    # the next loss uses the new columns as soft labels
+    expected = 0.5 * F.cross_entropy(logits, labels) + 0.5 * (
+        -(ols.supervise.t()[labels] * torch.log_softmax(logits, 1)).sum(1)).mean()
+    torch.testing.assert_close(ols.eval()(logits, labels), expected)
+
+
+def test_ols_buffers_are_in_state_dict():
+    ols = OnlineLabelSmoothLoss(num_classes=4)
+    assert {'supervise', 'update', 'idx_count'} <= set(ols.state_dict())
+
+
+def test_ols_warns_without_hook():
+    logits, labels = _data(k=5)
+    logits = logits.float()
+    with pytest.warns(UserWarning, match='OnlineLabelSmoothHook'):
+        OnlineLabelSmoothLoss(num_classes=5).train()(logits, labels)
+
+
+# --------------------------------------------------------------------------
+# Bad input gets a clear error
+# --------------------------------------------------------------------------
+@pytest.mark.parametrize('make, exc, match', [
+    (lambda: MaxSupLoss(alpha=-0.1), ValueError, 'alpha must be >= 0'),
+    (lambda: LabelSmoothDecompLoss(alpha=-1), ValueError, 'alpha'),
+    (lambda: LabelSmoothDecompLoss(component='bogus'), ValueError,
+     "unknown component 'bogus'"),
+    (lambda: MaxSupLoss(reduction='avg'), ValueError, 'reduction'),
+    (lambda: LogitPenaltyLoss(beta=-1), ValueError, 'beta'),
+    (lambda: OnlineLabelSmoothLoss(num_classes=1), ValueError, 'num_classes'),
+])
+def test_bad_arguments(make, exc, match):
+    with pytest.raises(exc, match=match):
+        make()
+
+
+@pytest.mark.parametrize('loss', [
+    MaxSupLoss(), LabelSmoothDecompLoss(component='regularization'),
+    LogitPenaltyLoss(), ConfidencePenaltyLoss(),
+    OnlineLabelSmoothLoss(num_classes=4).eval()
+])
+@pytest.mark.parametrize('logits, label, exc, match', [
+    (torch.zeros(2, 4, 3), torch.zeros(2, dtype=torch.long), ValueError,
+     'expects 2-D logits'),
+    (torch.zeros(4), torch.zeros(4, dtype=torch.long), ValueError,
+     'expects 2-D logits'),
+    (torch.zeros(3, 4), torch.zeros(2, dtype=torch.long), ValueError,
+     'does not match'),
+    (torch.zeros(3, 4), torch.zeros(3, 5), ValueError, 'does not match'),
+    (torch.zeros(3, 4), torch.tensor([0, 1, 4]), ValueError,
+     r'labels must lie in \[0, 4\)'),
+    (torch.zeros(3, 4), torch.tensor([0, -1, 2]), ValueError,
+     r'labels must lie in \[0, 4\)'),
+    (torch.zeros(3, 4), torch.tensor([0., 1., 2.]), TypeError, 'integer'),
+    (torch.zeros(3, 4, dtype=torch.long), torch.tensor([0, 1, 2]), TypeError,
+     'floating point'),
+])
+def test_bad_inputs(loss, logits, label, exc, match):
+    with pytest.raises(exc, match=match):
+        loss(logits, label)
+
+
+@pytest.mark.parametrize('component', ['regularization', 'error_enhancement',
+                                       'error_enhancement_max'])
+def test_soft_target_to_hard_only_component(component):
+    logits, labels = _data()
+    target = _mixup_target(labels, logits.shape[1])
+    with pytest.raises(ValueError, match='needs hard class indices'):
+        LabelSmoothDecompLoss(component=component)(logits, target)
+
+
+def test_alpha_setter_validates():
+    loss = MaxSupLoss()
+    loss.alpha = 0.2
+    assert loss.alpha == 0.2
+    with pytest.raises(ValueError):
+        loss.alpha = float('nan')
+
+
+def test_registered_in_mmpretrain():
+    from mmpretrain.registry import MODELS
+    import maxsup_mm  # noqa: F401
+    for name in ['MaxSupLoss', 'LabelSmoothDecompLoss', 'LogitPenaltyLoss',
+                 'ConfidencePenaltyLoss', 'OnlineLabelSmoothLoss']:
+        assert MODELS.get(name) is not None, name
+    loss = MODELS.build(dict(type='MaxSupLoss', alpha=0.3))
+    assert isinstance(loss, MaxSupLoss) and loss.alpha == 0.3
