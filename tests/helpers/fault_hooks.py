@@ -1,0 +1,34 @@
+"""Hooks that inject faults into a training run (imported by test configs)."""
+import os
+import signal
+
+import torch
+from mmengine.hooks import Hook
+from mmengine.registry import HOOKS
+
+
+@HOOKS.register_module()
+class KillAfterEpochHook(Hook):
+    """SIGKILL the process after the checkpoint of epoch ``epoch`` is saved."""
+    priority = 'LOWEST'  # after CheckpointHook (VERY_LOW)
+
+    def __init__(self, epoch: int):
+        self.epoch = epoch
+
+    def after_train_epoch(self, runner) -> None:
+        # runner.epoch is still the 0-based index of the finishing epoch
+        if runner.epoch + 1 == self.epoch:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+@HOOKS.register_module()
+class PoisonWeightsHook(Hook):
+    """Fill the first parameter with NaN before training iteration ``iter``."""
+
+    def __init__(self, iter: int):
+        self.iter = iter
+
+    def before_train_iter(self, runner, batch_idx, data_batch=None) -> None:
+        if runner.iter == self.iter:
+            with torch.no_grad():
+                next(runner.model.parameters()).fill_(float('nan'))
