@@ -15,7 +15,7 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 from mmengine.config import DictAction  # noqa: E402
 
-from maxsup_mm.apis import build_runner, default_work_dir, load_config  # noqa
+from maxsup_mm.apis import evaluate_checkpoint  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -39,28 +39,15 @@ def parse_args(argv=None):
     return args
 
 
-def merge_args(cfg, args):
-    if args.work_dir is not None:
-        cfg.work_dir = args.work_dir
-    elif cfg.get('work_dir', None) is None:
-        cfg.work_dir = default_work_dir(args.config)
-    cfg.load_from = args.checkpoint
-    if args.tta:
-        if 'tta_model' not in cfg or 'tta_pipeline' not in cfg:
-            raise SystemExit(f'--tta: {args.config} defines no tta_model / '
-                             'tta_pipeline')
-        cfg.test_dataloader.dataset.pipeline = cfg.tta_pipeline
-        cfg.tta_model.module = cfg.model
-        cfg.model = cfg.tta_model
-    return cfg
-
-
 def main(argv=None):
     args = parse_args(argv)
-    cfg = load_config(args.config, args.cfg_options, args.launcher)
-    cfg = merge_args(cfg, args)
-    runner = build_runner(cfg)
-    metrics = runner.test()
+    try:
+        metrics = evaluate_checkpoint(
+            args.config, args.checkpoint, work_dir=args.work_dir,
+            tta=args.tta, cfg_options=args.cfg_options,
+            launcher=args.launcher)
+    except ValueError as err:
+        raise SystemExit(str(err))
     if args.out:
         import json
         with open(args.out, 'w') as f:

@@ -16,8 +16,7 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 from mmengine.config import DictAction  # noqa: E402
 
-from maxsup_mm.apis import (add_default_hooks, build_runner,  # noqa: E402
-                            default_work_dir, load_config)
+from maxsup_mm.apis import train_model  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -47,32 +46,12 @@ def parse_args(argv=None):
     return args
 
 
-def merge_args(cfg, args):
-    """Apply the command-line options to the config (as mmpretrain does)."""
-    if args.work_dir is not None:
-        cfg.work_dir = args.work_dir
-    elif cfg.get('work_dir', None) is None:
-        cfg.work_dir = default_work_dir(args.config)
-    if args.amp:
-        cfg.optim_wrapper.type = 'AmpOptimWrapper'
-        cfg.optim_wrapper.setdefault('loss_scale', 'dynamic')
-    if args.no_validate:
-        cfg.val_cfg = cfg.val_dataloader = cfg.val_evaluator = None
-    if args.auto_scale_lr:
-        cfg.setdefault('auto_scale_lr', {})['enable'] = True
-    if args.resume == 'auto':
-        cfg.resume, cfg.load_from = True, None
-    elif args.resume is not None:
-        cfg.resume, cfg.load_from = True, args.resume
-    return add_default_hooks(cfg)
-
-
 def main(argv=None):
     args = parse_args(argv)
-    cfg = load_config(args.config, args.cfg_options, args.launcher)
-    cfg = merge_args(cfg, args)
-    runner = build_runner(cfg)
-    runner.train()
+    train_model(args.config, work_dir=args.work_dir, resume=args.resume,
+                cfg_options=args.cfg_options, amp=args.amp,
+                no_validate=args.no_validate,
+                auto_scale_lr=args.auto_scale_lr, launcher=args.launcher)
 
 
 if __name__ == '__main__':

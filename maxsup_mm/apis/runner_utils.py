@@ -25,10 +25,6 @@ def register_all(cfg: Config) -> None:
     if scope == 'mmseg':
         from mmseg.utils import register_all_modules
         register_all_modules(init_default_scope=True)
-        try:
-            import maxsup_mm.seg  # noqa: F401
-        except ImportError:
-            pass
     else:
         from mmpretrain.utils import register_all_modules
         register_all_modules(init_default_scope=True)

@@ -11,6 +11,7 @@ from .label_smooth_decomp_loss import LabelSmoothDecompLoss
 from .maxsup_loss import MaxSupLoss
 from .online_label_smooth_loss import OnlineLabelSmoothLoss
 from .penalty_losses import ConfidencePenaltyLoss, LogitPenaltyLoss
+from .pixel_maxsup_loss import PixelMaxSupLoss  # noqa: F401 (mmseg MODELS)
 
 __all__ = [
     'AlphaMixin', 'BaseClsLoss', 'check_cls_inputs', 'MaxSupLoss',

@@ -133,7 +133,14 @@ def maxsup_cross_entropy(logits: torch.Tensor,
     Returns:
         Tensor: the loss per sample (per pixel), shape ``(N, *spatial)``.
     """
-    return maxsup_cross_entropy_reference(logits, target, alpha, ignore_index)
+    # fused forward/backward (compiled CPU / Triton kernel, PyTorch fallback):
+    # same values and gradients as maxsup_cross_entropy_reference.  Imported
+    # lazily (maxsup_mm.ops imports this module) and cached on the function.
+    fused = getattr(maxsup_cross_entropy, '_fused', None)
+    if fused is None:
+        from maxsup_mm.ops.fused_maxsup import fused_maxsup_cross_entropy
+        fused = maxsup_cross_entropy._fused = fused_maxsup_cross_entropy
+    return fused(logits, target, alpha, ignore_index)
 
 
 # ---------------------------------------------------------------------------
@@ -237,3 +244,120 @@ def confidence_penalty_cross_entropy(logits: torch.Tensor,
     log_q = F.log_softmax(logits, dim=1)
     entropy = -(log_q.exp() * log_q).sum(dim=1)
     return cross_entropy(logits, target) - beta * entropy
+
+
+# ---------------------------------------------------------------------------
+# Zipf's label smoothing (Liang et al., ECCV 2022), compared in Tables 4, 5, 7
+# ---------------------------------------------------------------------------
+def zipf_votes(dense_logits: torch.Tensor) -> torch.Tensor:
+    """Per-image vote counts of dense (per-location) predictions.
+
+    Every location votes for its arg-max class (step 2 of Zipf-LS).
+
+    Args:
+        dense_logits (Tensor): ``(N, K, P)`` logits of ``P`` locations
+            (feature-map positions or patch tokens) of each image.
+
+    Returns:
+        Tensor: ``(N, K)`` float counts; each row sums to ``P``.
+    """
+    if dense_logits.dim() != 3:
+        raise ValueError('zipf_votes: expects dense logits (N, K, P), got '
+                         f'shape {tuple(dense_logits.shape)}')
+    num, num_classes, _ = dense_logits.shape
+    winners = dense_logits.argmax(dim=1)  # (N, P)
+    votes = dense_logits.new_zeros(num, num_classes, dtype=torch.float32)
+    return votes.scatter_add_(1, winners,
+                              torch.ones_like(winners, dtype=votes.dtype))
+
+
+def min_rank(scores: torch.Tensor) -> torch.Tensor:
+    """Rank every row in descending order, ties sharing the smallest rank.
+
+    ``rank_k = 1 + #{j: scores_j > scores_k}``, i.e. SciPy's
+    ``rankdata(-scores, method='min')`` row by row, computed with a sort and
+    a batched binary search (no ``K x K`` comparison matrix).
+
+    Args:
+        scores (Tensor): ``(N, K)``.
+
+    Returns:
+        Tensor: ``(N, K)`` int64 ranks in ``[1, K]``.
+    """
+    ascending = scores.sort(dim=1).values.contiguous()
+    not_greater = torch.searchsorted(ascending, scores.contiguous(),
+                                     right=True)
+    return 1 + scores.shape[1] - not_greater
+
+
+def zipf_soft_label(votes: torch.Tensor,
+                    target: torch.Tensor,
+                    power: float = 1.0) -> torch.Tensor:
+    r"""The Zipf soft label over the non-target classes (Liang et al., 2022).
+
+    Steps 3-4 of Zipf-LS: rank all ``K`` classes of each image by their vote
+    count (most votes first, ties share the smallest rank, classes without a
+    vote share the last rank), give class :math:`k` the mass
+    :math:`(1/r_k)^{power}`, set the target class to 0 and renormalise over
+    the remaining ``K - 1`` classes.  Computed without gradient.
+
+    Example (the hand-worked case): ``K = 5``, target 0, votes
+    ``(3, 2, 2, 0, 0)`` give ranks ``(1, 2, 2, 4, 4)`` and the label
+    ``(0, 1/2, 1/2, 1/4, 1/4) / 1.5``.
+
+    Args:
+        votes (Tensor): ``(N, K)`` vote counts (or any per-class scores).
+        target (Tensor): ``(N,)`` class indices.
+        power (float): the Zipf exponent. Defaults to 1.0.
+
+    Returns:
+        Tensor: ``(N, K)`` float label, 0 at the target, rows sum to 1.
+    """
+    if votes.dim() != 2:
+        raise ValueError('zipf_soft_label: votes must be (N, K), got shape '
+                         f'{tuple(votes.shape)}')
+    if target.shape != votes.shape[:1] or target.is_floating_point():
+        raise ValueError('zipf_soft_label: target must be (N,) integer class '
+                         f'indices, got {target.dtype} {tuple(target.shape)} '
+                         f'for votes {tuple(votes.shape)}')
+    if votes.shape[1] < 2:
+        raise ValueError('zipf_soft_label: needs at least 2 classes')
+    with torch.no_grad():
+        mass = min_rank(votes.float()).float().pow(-float(power))
+        mass.scatter_(1, target.long().unsqueeze(1), 0.)
+        return mass / mass.sum(dim=1, keepdim=True)
+
+
+def _drop_target(x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """``(N, K)`` -> ``(N, K - 1)``: remove column ``target[i]`` of row i."""
+    keep = torch.ones_like(x, dtype=torch.bool)
+    keep.scatter_(1, target.long().unsqueeze(1), False)
+    return x[keep].view(x.shape[0], x.shape[1] - 1)
+
+
+def zipf_kl_term(logits: torch.Tensor, target: torch.Tensor,
+                 zipf_label: torch.Tensor) -> torch.Tensor:
+    r"""The Zipf-LS term :math:`KL(p_{zipf} \| softmax(z_{\setminus y}))`.
+
+    The target logit is removed and the softmax is taken over the ``K - 1``
+    non-target logits; the Zipf label (from :func:`zipf_soft_label`) is
+    compared with it.  Zipf-LS trains with :math:`CE + \lambda \cdot` this.
+
+    Args:
+        logits (Tensor): ``(N, K)`` image-level logits.
+        target (Tensor): ``(N,)`` class indices.
+        zipf_label (Tensor): ``(N, K)`` label, 0 at the target.
+
+    Returns:
+        Tensor: ``(N,)`` KL divergence per sample (>= 0).
+    """
+    if logits.dim() != 2 or zipf_label.shape != logits.shape:
+        raise ValueError('zipf_kl_term: expects (N, K) logits and label of '
+                         f'the same shape, got {tuple(logits.shape)} and '
+                         f'{tuple(zipf_label.shape)}')
+    log_q = F.log_softmax(_drop_target(logits, target), dim=1)
+    p = _drop_target(zipf_label.to(log_q.dtype), target)
+    return (torch.xlogy(p, p) - p * log_q).sum(dim=1)
+
+
+__all__ += ['zipf_votes', 'min_rank', 'zipf_soft_label', 'zipf_kl_term']

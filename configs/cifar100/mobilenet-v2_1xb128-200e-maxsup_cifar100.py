@@ -1,0 +1,8 @@
+# Table 4 (CIFAR-100), MobileNetV2: MaxSup, alpha 0.1 -> 0.2.
+# Paper: 69.88.
+_base_ = './mobilenet-v2_1xb128-200e_cifar100.py'
+
+custom_imports = dict(imports=['maxsup_mm'], allow_failed_imports=False)
+model = dict(
+    head=dict(loss=dict(_delete_=True, type='MaxSupLoss', alpha=0.1)))
+custom_hooks = [dict(type='AlphaScheduleHook', start=0.1, end=0.2)]

@@ -1,0 +1,15 @@
+# Table 7 (ImageNet-1K), ResNet-101: label smoothing, alpha 0.1 -> 0.2.
+# Paper: 77.01.
+_base_ = './resnet101_8xb64-steplr-90e_in1k.py'
+
+# label smoothing as CE + alpha*(z_gt - mean(z)) (exactly LS, eq. 4), whose
+# alpha AlphaScheduleHook can raise
+custom_imports = dict(imports=['maxsup_mm'], allow_failed_imports=False)
+model = dict(
+    head=dict(
+        loss=dict(
+            _delete_=True,
+            type='LabelSmoothDecompLoss',
+            alpha=0.1,
+            component='full')))
+custom_hooks = [dict(type='AlphaScheduleHook', start=0.1, end=0.2)]

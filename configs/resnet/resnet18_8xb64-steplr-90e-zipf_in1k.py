@@ -1,0 +1,8 @@
+# Table 7 (ImageNet-1K), ResNet-18: Zipf's label smoothing.
+# Paper: 69.43.
+_base_ = './resnet18_8xb64-steplr-90e_in1k.py'
+
+# the head pools the map itself: it needs the un-pooled map for the votes
+custom_imports = dict(imports=['maxsup_mm'], allow_failed_imports=False)
+model = dict(
+    neck=None, head=dict(type='ZipfLinearClsHead', zipf_weight=0.1))

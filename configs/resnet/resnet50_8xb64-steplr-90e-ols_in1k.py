@@ -1,0 +1,14 @@
+# Table 7 (ImageNet-1K), ResNet-50: Online Label Smoothing.
+# Paper: 76.81.
+_base_ = './resnet50_8xb64-steplr-90e_in1k.py'
+
+custom_imports = dict(imports=['maxsup_mm'], allow_failed_imports=False)
+model = dict(
+    head=dict(
+        loss=dict(
+            _delete_=True,
+            type='OnlineLabelSmoothLoss',
+            num_classes=1000,
+            alpha=0.5,
+            smoothing=0.1)))
+custom_hooks = [dict(type='OnlineLabelSmoothHook')]

@@ -1,0 +1,5 @@
+# ResNet-50 row: the backbone pretrained with MaxSup
+# (configs/resnet/resnet50_8xb256-coslr-200e-maxsup_in1k.py).
+_base_ = './upernet_r50_ce-pre_4xb4-80k_ade20k-512x512.py'
+
+model = dict(pretrained='pretrain/resnet50_maxsup_mmseg.pth')

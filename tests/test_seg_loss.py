@@ -1,0 +1,192 @@
+"""MaxSup as an mmseg pixel loss, against a hand-written per-pixel oracle."""
+import math
+
+import pytest
+import torch
+
+import maxsup_mm  # noqa: F401  (registers MaxSupLoss in mmseg's MODELS)
+from maxsup_mm.models.losses.pixel_maxsup_loss import PixelMaxSupLoss
+
+IGNORE = 255
+
+
+def oracle(logits, label, alpha, ignore_index, avg_non_ignore,
+           class_weight=None):
+    """Mean of the per-pixel MaxSup loss written out with Python scalars.
+
+    Per pixel (paper eq. (8)): -log softmax(z)_y + alpha*(max z - mean z),
+    times the class weight; ignored pixels add 0 to the sum and count 1 in
+    the denominator (mmseg's avg_non_ignore=False) or 0 (True).
+    """
+    n, k, h, w = logits.shape
+    total, denom = 0.0, 0.0
+    for b in range(n):
+        for i in range(h):
+            for j in range(w):
+                y = int(label[b, i, j])
+                if y == ignore_index:
+                    denom += 0.0 if avg_non_ignore else 1.0
+                    continue
+                z = [float(logits[b, c, i, j]) for c in range(k)]
+                zmax = max(z)
+                lse = zmax + math.log(sum(math.exp(v - zmax) for v in z))
+                loss = (lse - z[y]) + alpha * (zmax - sum(z) / k)
+                cw = 1.0 if class_weight is None else class_weight[y]
+                total += cw * loss
+                denom += cw
+    return total / denom
+
+
+@pytest.fixture
+def batch():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 5, 3, 4, generator=g, dtype=torch.float64) * 3
+    label = torch.randint(0, 5, (2, 3, 4), generator=g)
+    label[0, 0, :] = IGNORE
+    label[1, 2, 1] = IGNORE
+    return logits, label
+
+
+@pytest.mark.parametrize('avg_non_ignore', [False, True])
+@pytest.mark.parametrize('alpha', [0.0, 0.1, 0.7])
+def test_pixel_maxsup_matches_oracle(batch, alpha, avg_non_ignore):
+    logits, label = batch
+    loss_fn = PixelMaxSupLoss(alpha=alpha, avg_non_ignore=avg_non_ignore)
+    got = loss_fn(logits, label, ignore_index=IGNORE)
+    want = oracle(logits, label, alpha, IGNORE, avg_non_ignore)
+    # rel 1e-7: mmseg's mean is sum / (n + float32 eps)
+    assert got.item() == pytest.approx(want, rel=1e-7)
+
+
+def test_avg_non_ignore_changes_only_the_denominator(batch):
+    logits, label = batch
+    valid = int((label != IGNORE).sum())
+    a = PixelMaxSupLoss(avg_non_ignore=False)(logits, label,
+                                              ignore_index=IGNORE)
+    b = PixelMaxSupLoss(avg_non_ignore=True)(logits, label,
+                                             ignore_index=IGNORE)
+    assert valid < label.numel()
+    assert (a * label.numel()).item() == pytest.approx((b * valid).item())
+
+
+@pytest.mark.parametrize('avg_non_ignore', [False, True])
+def test_class_weight_and_loss_weight(batch, avg_non_ignore):
+    logits, label = batch
+    cw = [0.5, 1.0, 2.0, 0.25, 3.0]
+    loss_fn = PixelMaxSupLoss(alpha=0.2, class_weight=cw, loss_weight=0.4,
+                              avg_non_ignore=avg_non_ignore)
+    got = loss_fn(logits, label, ignore_index=IGNORE)
+    want = 0.4 * oracle(logits, label, 0.2, IGNORE, avg_non_ignore, cw)
+    assert got.item() == pytest.approx(want, rel=1e-7)
+
+
+def test_alpha_zero_is_mmseg_cross_entropy(batch):
+    """With alpha=0 it is mmseg's CrossEntropyLoss (an independent impl.)."""
+    from mmseg.models.losses import CrossEntropyLoss
+    logits, label = batch
+    for avg_non_ignore in (False, True):
+        ce = CrossEntropyLoss(avg_non_ignore=avg_non_ignore)(
+            logits, label, ignore_index=IGNORE)
+        ms = PixelMaxSupLoss(alpha=0.0, avg_non_ignore=avg_non_ignore)(
+            logits, label, ignore_index=IGNORE)
+        assert ms.item() == pytest.approx(ce.item(), rel=1e-12)
+
+
+def test_gradient_matches_oracle_and_ignored_pixels_get_none(batch):
+    logits, label = batch
+    x = logits.clone().requires_grad_(True)
+    PixelMaxSupLoss(alpha=0.3, avg_non_ignore=True)(
+        x, label, ignore_index=IGNORE).backward()
+    # eq. (9) + CE gradient, per valid pixel: softmax - onehot
+    # + alpha*(onehot(argmax) - 1/K), divided by the number of valid pixels
+    valid = label != IGNORE
+    k = logits.shape[1]
+    safe = label.masked_fill(~valid, 0)
+    onehot = torch.nn.functional.one_hot(safe, k).permute(0, 3, 1, 2)
+    top = torch.nn.functional.one_hot(logits.argmax(1), k).permute(0, 3, 1, 2)
+    want = logits.softmax(1) - onehot + 0.3 * (top - 1.0 / k)
+    want = want * valid.unsqueeze(1) / valid.sum()
+    assert torch.allclose(x.grad, want, atol=1e-12)
+    assert x.grad.permute(0, 2, 3, 1)[~valid].abs().max() == 0
+
+
+def test_reductions_weight_and_avg_factor(batch):
+    logits, label = batch
+    loss_fn = PixelMaxSupLoss(alpha=0.1)
+    per_pixel = loss_fn(logits, label, ignore_index=IGNORE,
+                        reduction_override='none')
+    assert per_pixel.shape == label.shape
+    assert per_pixel[label == IGNORE].abs().max() == 0
+    total = loss_fn(logits, label, ignore_index=IGNORE,
+                    reduction_override='sum')
+    assert total.item() == pytest.approx(per_pixel.sum().item())
+    weight = torch.rand(label.shape, dtype=torch.float64)
+    got = loss_fn(logits, label, weight=weight, avg_factor=7.0,
+                  ignore_index=IGNORE)
+    assert got.item() == pytest.approx((per_pixel * weight).sum().item() / 7,
+                                       rel=1e-6)
+
+
+def test_all_ignored_gives_zero_not_nan():
+    logits = torch.randn(1, 3, 2, 2)
+    label = torch.full((1, 2, 2), IGNORE)
+    for avg_non_ignore in (False, True):
+        out = PixelMaxSupLoss(avg_non_ignore=avg_non_ignore)(
+            logits, label, ignore_index=IGNORE)
+        assert torch.isfinite(out) and out.item() == 0
+
+
+def test_built_from_mmseg_registry_with_loss_name():
+    from mmseg.registry import MODELS
+    loss = MODELS.build(dict(type='mmseg.MaxSupLoss', alpha=0.2,
+                             loss_name='loss_maxsup'))
+    assert isinstance(loss, PixelMaxSupLoss)
+    assert loss.loss_name == 'loss_maxsup' and loss.alpha == 0.2
+    assert getattr(loss, 'alpha_schedulable', False)
+
+
+def test_decode_head_uses_it(batch):
+    """An mmseg decode head reports it under loss_name and back-propagates."""
+    from mmseg.models.decode_heads import FCNHead
+    from mmseg.structures import SegDataSample
+    from mmengine.structures import PixelData
+    torch.manual_seed(0)
+    head = FCNHead(in_channels=8, channels=8, num_convs=1, num_classes=5,
+                   loss_decode=dict(type='MaxSupLoss', alpha=0.1,
+                                    loss_name='loss_maxsup'))
+    feats = [torch.randn(2, 8, 4, 4)]
+    samples = []
+    for b in range(2):
+        sample = SegDataSample()
+        seg = torch.randint(0, 5, (1, 8, 8))
+        seg[:, 0] = IGNORE
+        sample.gt_sem_seg = PixelData(data=seg)
+        sample.set_metainfo(dict(img_shape=(8, 8), pad_shape=(8, 8)))
+        samples.append(sample)
+    losses = head.loss(feats, samples, train_cfg=dict())
+    assert set(losses) == {'loss_maxsup', 'acc_seg'}
+    losses['loss_maxsup'].backward()
+    assert head.conv_seg.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize('kwargs, error', [
+    (dict(loss_name='maxsup'), ValueError),
+    (dict(alpha=-0.1), ValueError),
+    (dict(reduction='avg'), ValueError),
+])
+def test_bad_arguments(kwargs, error):
+    with pytest.raises(error):
+        PixelMaxSupLoss(**kwargs)
+
+
+def test_bad_inputs(batch):
+    logits, label = batch
+    loss_fn = PixelMaxSupLoss()
+    bad = label.clone()
+    bad[0, 1, 1] = 7  # neither a class of 5 nor the ignore index
+    with pytest.raises(ValueError, match=r'\[0, 5\)'):
+        loss_fn(logits, bad, ignore_index=IGNORE)
+    with pytest.raises(ValueError, match='does not match'):
+        loss_fn(logits, label[:, :2], ignore_index=IGNORE)
+    with pytest.raises(TypeError, match='integer'):
+        loss_fn(logits, label.double(), ignore_index=IGNORE)

@@ -1,0 +1,50 @@
+"""Convert an mmpretrain classification checkpoint for mmsegmentation.
+
+Examples::
+
+    python tools/model_converters/mmpretrain2mmseg.py \\
+        work_dirs/deit-small_maxsup/epoch_300.pth \\
+        pretrain/deit-small_maxsup_mmseg.pth
+    # check against the exact backbone of a seg config
+    python tools/model_converters/mmpretrain2mmseg.py SRC DST --config \\
+        configs/upernet/upernet_deit-s16_maxsup-pre_8xb2-80k_ade20k-512x512.py
+
+The logic lives in :mod:`maxsup_mm.converters.mmpretrain2mmseg`.
+"""
+import argparse
+import os.path as osp
+import sys
+
+ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+sys.path.insert(0, ROOT)
+
+from maxsup_mm.converters import (ConversionError,  # noqa: E402
+                                  convert_mmpretrain_to_mmseg)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        description='Convert an mmpretrain classification checkpoint '
+        '(ViT/DeiT, ResNet, ResNetV1c, ResNetV1d) to the keys of the mmseg '
+        'backbone; refuses anything it cannot map completely.')
+    parser.add_argument('src', help='mmpretrain checkpoint (.pth)')
+    parser.add_argument('dst', help='output path (written atomically)')
+    parser.add_argument(
+        '--config', help='an mmseg config whose model.backbone must accept '
+        'the converted weights exactly (default: the mmseg backbone '
+        'equivalent to the checkpoint)')
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        convert_mmpretrain_to_mmseg(args.src, args.dst, config=args.config)
+    except ConversionError as err:
+        print(f'mmpretrain2mmseg: error: {err}', file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

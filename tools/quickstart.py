@@ -1,0 +1,52 @@
+"""The quickstart study on real data: CE vs LS vs MaxSup, end to end.
+
+    python tools/quickstart.py            # full study (about 10 min, 2 cores)
+    python tools/quickstart.py --fast     # 2-minute smoke version
+
+Trains, analyses, transfers to segmentation and writes
+``work_dirs/quickstart/report.md``.  Interrupted?  Run it again: finished
+runs are not redone.  See maxsup_mm/apis/digits_study.py.
+"""
+import argparse
+import os.path as osp
+import sys
+import warnings
+
+sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
+
+from maxsup_mm.apis.digits_study import StudySettings, run_study  # noqa
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--fast', action='store_true',
+                        help='smoke version: 2 seeds, 2 epochs, a few '
+                        'segmentation iterations')
+    parser.add_argument('--work-dir', help='output folder (default '
+                        'work_dirs/quickstart[_fast])')
+    parser.add_argument('--data-dir', default='data',
+                        help='where the digits are written')
+    parser.add_argument('--seeds', type=int, nargs='+',
+                        help='training seeds (default 0 1 2; --fast: 0 1)')
+    parser.add_argument('--epochs', type=int,
+                        help='classification epochs (default 30)')
+    parser.add_argument('--seg-iters', type=int,
+                        help='UperNet fine-tuning iterations (default 300)')
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    opts = {k: v for k, v in dict(
+        work_dir=args.work_dir, data_dir=args.data_dir,
+        seeds=tuple(args.seeds) if args.seeds else None, epochs=args.epochs,
+        seg_iters=args.seg_iters).items() if v is not None}
+    settings = StudySettings.fast(**opts) if args.fast else \
+        StudySettings(**opts)
+    warnings.filterwarnings('ignore')
+    report = run_study(settings)
+    print(open(report).read())
+
+
+if __name__ == '__main__':
+    main()
