@@ -29,9 +29,9 @@ def parse_args(argv=None):
     parser.add_argument('--seeds', type=int, nargs='+',
                         help='training seeds (default 0 1 2; --fast: 0 1)')
     parser.add_argument('--epochs', type=int,
-                        help='classification epochs (default 30)')
+                        help='classification epochs (default 15)')
     parser.add_argument('--seg-iters', type=int,
-                        help='UperNet fine-tuning iterations (default 300)')
+                        help='UperNet fine-tuning iterations (default 150)')
     return parser.parse_args(argv)
 
 

@@ -19,8 +19,17 @@ log() { printf '[setup_env] %s\n' "$*"; }
 # The stamp changes whenever this script or setup.py changes.
 STAMP_HASH="$(cat "${ROOT}/tools/setup_env.sh" "${ROOT}/setup.py" | sha256sum | cut -c1-16)"
 STAMP="${VENV}/.maxsup_setup_${STAMP_HASH}"
+# The fused MaxSup CPU kernel (maxsup_mm/ops/csrc), compiled once per source
+# version into maxsup_mm/ops/_lib/ (git-ignored); a no-op when up to date.  A
+# failed build is not fatal: the loss then runs its pure-PyTorch fallback.
+build_kernels() {
+    "${VENV}/bin/python" "${ROOT}/maxsup_mm/ops/build.py" \
+        || log "WARNING: fused MaxSup CPU kernel not built; using the PyTorch fallback"
+}
+
 if [[ -f "${STAMP}" && -x "${VENV}/bin/python" ]]; then
     log "environment up to date (${VENV})"
+    build_kernels
     exit 0
 fi
 
@@ -75,6 +84,9 @@ log "installing mmpretrain 1.2.0 and mmsegmentation 1.2.2 (--no-deps)"
 
 log "installing maxsup_mm (editable)"
 "${PIP[@]}" -q --no-deps --no-build-isolation -e "${ROOT}"
+
+log "building the fused MaxSup CPU kernel (once per source version, ~1 min)"
+build_kernels
 
 "${PY}" - <<'PYCHECK'
 import torch, torchvision, mmcv, mmcv.ops, mmengine, mmpretrain, mmseg

@@ -34,9 +34,9 @@ ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 #: method name -> classification config (siblings that differ in the loss)
 CLS_CONFIGS = {
-    'CE': 'configs/quickstart/resnet18-tiny_1xb64-30e_digits.py',
-    'LS': 'configs/quickstart/resnet18-tiny_1xb64-30e-ls_digits.py',
-    'MaxSup': 'configs/quickstart/resnet18-tiny_1xb64-30e-maxsup_digits.py',
+    'CE': 'configs/quickstart/resnet18-tiny_1xb64-15e_digits.py',
+    'LS': 'configs/quickstart/resnet18-tiny_1xb64-15e-ls_digits.py',
+    'MaxSup': 'configs/quickstart/resnet18-tiny_1xb64-15e-maxsup_digits.py',
 }
 SEG_CONFIG = 'configs/quickstart/upernet_resnet18-tiny_1xb8-digit-scenes-32x32.py'
 
@@ -59,8 +59,8 @@ class StudySettings:
     data_dir: str = 'data'
     methods: Sequence[str] = ('CE', 'LS', 'MaxSup')
     seeds: Sequence[int] = (0, 1, 2)
-    epochs: int = 30
-    seg_iters: int = 300
+    epochs: int = 15
+    seg_iters: int = 150
     seg_scenes: Tuple[int, int] = (240, 90)
     analyses: Sequence[str] = ('accuracy', 'calibration', 'separation',
                                'logits', 'projection', 'gradcam')
@@ -295,9 +295,13 @@ def write_report(s: StudySettings, per_run: List[dict], analysis_md: str,
     lines += [
         '## Figures', '',
         f'![logit densities]({rel}/logit_densities.png)', '',
+        f'![reliability diagrams]({rel}/reliability.png)', '',
         f'![Grad-CAM]({rel}/gradcam_grid.png)', '',
-        f'![feature projection]({rel}/feature_projection.png)', '',
-        f'Reliability diagrams and every table of the analysis toolkit: '
+    ]
+    lines += [f'![feature projection, {m}]({rel}/projection_{m}.png)'
+              for m in methods]
+    lines += [
+        '', 'Every table and figure of the analysis toolkit: '
         f'[{rel}/report.md]({rel}/report.md).', '',
         '## Runs', '',
         '| method | seed | classification checkpoint | transfer mIoU |',
@@ -336,10 +340,9 @@ def run_study(s: StudySettings,
     ckpts = {}
     for i, (method, seed) in enumerate(runs, 1):
         t = time.time()
-        log(f'[quickstart] ({i}/{len(runs)}) train {method:6s} seed {seed} '
-            f'({s.epochs} epochs)')
         ckpts[method, seed] = train_classifier(method, seed, s, digits_root)
-        log(f'[quickstart]     done in {time.time() - t:.0f}s')
+        log(f'[quickstart] ({i}/{len(runs)}) trained {method:6s} seed {seed} '
+            f'({s.epochs} epochs): {time.time() - t:.0f}s')
 
     log('[quickstart] analysis: accuracy, calibration, feature geometry, '
         'logits, Grad-CAM, projection')
@@ -358,12 +361,11 @@ def run_study(s: StudySettings,
     per_run = []
     for j, (method, seed) in enumerate(runs):
         t = time.time()
-        log(f'[quickstart] ({j + 1}/{len(runs)}) transfer {method:6s} seed '
-            f'{seed} to UperNet ({s.seg_iters} iterations)')
         seg = transfer_backbone(method, seed, ckpts[method, seed], s,
                                 scenes_root)
-        log(f'[quickstart]     mIoU {seg["mIoU"]:.2f} '
-            f'({time.time() - t:.0f}s)')
+        log(f'[quickstart] ({j + 1}/{len(runs)}) transferred {method:6s} '
+            f'seed {seed} to UperNet ({s.seg_iters} iterations): mIoU '
+            f'{seg["mIoU"]:.2f}, {time.time() - t:.0f}s')
         metrics = dict(analysed[j]['metrics'], mIoU=seg['mIoU'])
         per_run.append(dict(name=method, seed=seed, metrics=metrics,
                             checkpoint=ckpts[method, seed]))

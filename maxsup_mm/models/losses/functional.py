@@ -329,10 +329,15 @@ def zipf_soft_label(votes: torch.Tensor,
 
 
 def _drop_target(x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """``(N, K)`` -> ``(N, K - 1)``: remove column ``target[i]`` of row i."""
-    keep = torch.ones_like(x, dtype=torch.bool)
-    keep.scatter_(1, target.long().unsqueeze(1), False)
-    return x[keep].view(x.shape[0], x.shape[1] - 1)
+    """``(N, K)`` -> ``(N, K - 1)``: remove column ``target[i]`` of row i.
+
+    A gather of the columns ``j + (j >= target)``: no boolean indexing, so
+    no device-to-host synchronisation on GPUs.
+    """
+    cols = torch.arange(x.shape[1] - 1, device=x.device).expand(
+        x.shape[0], -1)
+    cols = cols + (cols >= target.long().unsqueeze(1))
+    return x.gather(1, cols)
 
 
 def zipf_kl_term(logits: torch.Tensor, target: torch.Tensor,
@@ -349,13 +354,17 @@ def zipf_kl_term(logits: torch.Tensor, target: torch.Tensor,
         zipf_label (Tensor): ``(N, K)`` label, 0 at the target.
 
     Returns:
-        Tensor: ``(N,)`` KL divergence per sample (>= 0).
+        Tensor: ``(N,)`` KL divergence per sample (>= 0), in float32 (or
+        float64 for float64 logits).
     """
     if logits.dim() != 2 or zipf_label.shape != logits.shape:
         raise ValueError('zipf_kl_term: expects (N, K) logits and label of '
                          f'the same shape, got {tuple(logits.shape)} and '
                          f'{tuple(zipf_label.shape)}')
-    log_q = F.log_softmax(_drop_target(logits, target), dim=1)
+    # float32 at least: the term is also computed under mixed precision
+    log_q = F.log_softmax(
+        _drop_target(logits, target).to(torch.promote_types(
+            logits.dtype, torch.float32)), dim=1)
     p = _drop_target(zipf_label.to(log_q.dtype), target)
     return (torch.xlogy(p, p) - p * log_q).sum(dim=1)
 

@@ -3,13 +3,13 @@
 # Baseline: cross-entropy.  Siblings *-ls / *-maxsup change only the method.
 # What differs from ../cifar100/resnet18_1xb128-200e_cifar100.py: the data
 # (mmpretrain CustomDataset folders written by maxsup_mm.datasets), a 4x
-# narrower network, 30 epochs, batch 64, and Mixup/CutMix as in the DeiT
+# narrower network, 15 epochs, batch 64, and Mixup/CutMix as in the DeiT
 # recipe (without batch mixing MaxSup and LS coincide whenever the training
 # prediction is correct, which on digits is almost always).
 _base_ = '../cifar100/resnet18_1xb128-200e_cifar100.py'
 
 data_root = 'data/digits'
-max_epochs = 30
+max_epochs = 15
 
 model = dict(
     backbone=dict(stem_channels=16, base_channels=16),
@@ -55,15 +55,7 @@ val_dataloader = dict(
         data_prefix='val',
         pipeline=test_pipeline))
 test_dataloader = dict(
-    batch_size=256,
-    num_workers=0,
-    persistent_workers=False,
-    dataset=dict(
-        _delete_=True,
-        type='CustomDataset',
-        data_root=data_root,
-        data_prefix='test',
-        pipeline=test_pipeline))
+    val_dataloader, dataset=dict(val_dataloader['dataset'], data_prefix='test'))
 val_evaluator = dict(type='Accuracy', topk=(1, ))
 test_evaluator = val_evaluator
 

@@ -1,5 +1,5 @@
 # Quickstart sibling: MaxSup, alpha 0.1 -> 0.2 (paper Table 8).
-_base_ = './resnet18-tiny_1xb64-30e_digits.py'
+_base_ = './resnet18-tiny_1xb64-15e_digits.py'
 
 custom_imports = dict(imports=['maxsup_mm'], allow_failed_imports=False)
 model = dict(

@@ -1,0 +1,74 @@
+"""The main job end to end: ``tools/quickstart.py --fast`` on the real digits."""
+import math
+import os.path as osp
+import re
+
+import pytest
+
+from maxsup_mm.apis.digits_study import (StudySettings, exceeds_noise,
+                                         mean_std, run_study)
+
+SECTIONS = ['# MaxSup quickstart report',
+            '## Results (test split, mean ± std over seeds)',
+            '## Which differences exceed the seed noise', '## Figures',
+            '## Runs']
+METRICS = ['top-1 (%)', 'ECE (%)', 'd_within', 'd_total', 'R²',
+           'z_max − z_gt on errors', 'transfer mIoU (%)']
+NUMBER = re.compile(r'[-+]?(?:\d+\.\d*|\.\d+|\d+|nan|inf)', re.I)
+
+
+def test_seed_noise_rule():
+    assert mean_std([1.0, 3.0]) == (2.0, pytest.approx(math.sqrt(2)))
+    diff, se, verdict = exceeds_noise([10, 10.1, 9.9], [5, 5.1, 4.9])
+    assert diff == pytest.approx(5) and verdict is True
+    assert se == pytest.approx(math.sqrt(0.01 / 3 + 0.01 / 3))
+    assert exceeds_noise([1, 2, 3], [1.5, 2.5, 3.5])[2] is False
+    assert exceeds_noise([1.0], [2.0])[2] is None
+
+
+@pytest.fixture(scope='module')
+def fast_study(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp('quickstart')
+    settings = StudySettings.fast(work_dir=str(tmp / 'work'),
+                                  data_dir=str(tmp / 'data'))
+    lines = []
+    report = run_study(settings, log=lines.append)
+    return settings, report, lines
+
+
+def test_fast_report_has_every_section_and_finite_numbers(fast_study):
+    settings, report, lines = fast_study
+    text = open(report).read()
+    for section in SECTIONS:
+        assert section in text, section
+    results = text.split(SECTIONS[1])[1].split(SECTIONS[2])[0]
+    noise = text.split(SECTIONS[2])[1].split(SECTIONS[3])[0]
+    for metric in METRICS:
+        row = [r for r in results.splitlines() if r.startswith(f'| {metric} |')]
+        assert len(row) == 1, metric
+        cells = row[0].split('|')[2:-1]
+        assert len(cells) == 3  # CE, LS, MaxSup
+        for cell in cells:
+            values = NUMBER.findall(cell)
+            assert len(values) == 2, (metric, cell)  # mean ± std
+            assert all(math.isfinite(float(v)) for v in values), (metric, cell)
+        assert any(r.startswith(f'| {metric} | MaxSup − LS |')
+                   for r in noise.splitlines()), metric
+    for row in noise.splitlines():
+        if row.startswith('| ') and ' − ' in row:
+            diff, two_se = row.split('|')[3:5]
+            assert math.isfinite(float(diff)) and math.isfinite(float(two_se))
+    assert 'In plain words:' in text
+    for png in re.findall(r'\]\(([^)]+\.png)\)', text):
+        assert osp.exists(osp.join(settings.work_dir, png)), png
+    assert any('trained MaxSup seed 1' in line for line in lines)
+
+
+def test_fast_study_resumes_without_redoing_runs(fast_study):
+    settings, report, _ = fast_study
+    lines = []
+    assert run_study(settings, log=lines.append) == report
+    trained = [line for line in lines if 'trained' in line]
+    assert len(trained) == 6
+    # finished runs are read back, not trained again: each takes ~0 s
+    assert all(line.endswith(': 0s') for line in trained), trained
