@@ -31,7 +31,7 @@ def parse_args(argv=None):
     parser.add_argument('--epochs', type=int,
                         help='classification epochs (default 15)')
     parser.add_argument('--seg-iters', type=int,
-                        help='UperNet fine-tuning iterations (default 150)')
+                        help='UperNet fine-tuning iterations (default 300)')
     return parser.parse_args(argv)
 
 
@@ -44,6 +44,7 @@ def main(argv=None):
     settings = StudySettings.fast(**opts) if args.fast else \
         StudySettings(**opts)
     warnings.filterwarnings('ignore')
+    sys.stdout.reconfigure(line_buffering=True)  # progress shows at once
     report = run_study(settings)
     print(open(report).read())
 

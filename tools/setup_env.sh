@@ -39,16 +39,20 @@ if [[ ! -x "${VENV}/bin/python" ]]; then
     "${PYTHON}" -m venv "${VENV}"
 fi
 PY="${VENV}/bin/python"
-PIP=("${PY}" -m pip install --disable-pip-version-check --progress-bar off)
+# pip, minus the warnings about index folders some images configure but lack
+pip_install() {
+    "${PY}" -m pip install --disable-pip-version-check --progress-bar off "$@" \
+        2> >(grep -v 'is ignored: it is neither a file nor a directory' >&2)
+}
 
 log "installing build tools (setuptools<81 keeps pkg_resources for mmengine)"
-"${PIP[@]}" -q --upgrade pip 'setuptools>=77,<81' wheel ninja
+pip_install -q --upgrade pip 'setuptools>=77,<81' wheel ninja
 
 log "installing torch==${TORCH_VERSION} torchvision==${TORCHVISION_VERSION}"
-"${PIP[@]}" -q "torch==${TORCH_VERSION}" "torchvision==${TORCHVISION_VERSION}"
+pip_install -q "torch==${TORCH_VERSION}" "torchvision==${TORCHVISION_VERSION}"
 
 log "installing OpenMMLab runtime dependencies"
-"${PIP[@]}" -q 'numpy<2.5' 'opencv-python' 'addict' 'pyyaml' 'yapf' 'termcolor' \
+pip_install -q 'numpy<2.5' 'opencv-python' 'addict' 'pyyaml' 'yapf' 'termcolor' \
     'packaging' 'Pillow' 'matplotlib' 'rich' 'mmengine==0.10.7' \
     einops importlib-metadata mat4py modelindex \
     ftfy regex prettytable scipy \
@@ -64,7 +68,8 @@ else
         log "building mmcv ${MMCV_VERSION} with ops from source (takes several minutes, done once)"
         BUILD="$(mktemp -d)"
         "${PY}" -m pip download -q --no-deps --no-binary :all: --no-build-isolation \
-            "mmcv==${MMCV_VERSION}" -d "${BUILD}"
+            "mmcv==${MMCV_VERSION}" -d "${BUILD}" \
+            2> >(grep -v 'is ignored: it is neither a file nor a directory' >&2)
         tar -xzf "${BUILD}"/mmcv-${MMCV_VERSION}.tar.gz -C "${BUILD}"
         SRC="${BUILD}/mmcv-${MMCV_VERSION}"
         # torch 2.14 headers need C++20; mmcv's setup.py hard-codes c++14/17.
@@ -76,14 +81,14 @@ else
     else
         log "using cached mmcv wheel from ${WHEEL_DIR}"
     fi
-    "${PIP[@]}" -q --no-deps "${WHEEL_DIR}"/mmcv-*.whl
+    pip_install -q --no-deps "${WHEEL_DIR}"/mmcv-*.whl
 fi
 
 log "installing mmpretrain 1.2.0 and mmsegmentation 1.2.2 (--no-deps)"
-"${PIP[@]}" -q --no-deps 'mmpretrain==1.2.0' 'mmsegmentation==1.2.2'
+pip_install -q --no-deps 'mmpretrain==1.2.0' 'mmsegmentation==1.2.2'
 
 log "installing maxsup_mm (editable)"
-"${PIP[@]}" -q --no-deps --no-build-isolation -e "${ROOT}"
+pip_install -q --no-deps --no-build-isolation -e "${ROOT}"
 
 log "building the fused MaxSup CPU kernel (once per source version, ~1 min)"
 build_kernels

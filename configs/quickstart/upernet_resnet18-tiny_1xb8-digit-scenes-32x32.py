@@ -1,6 +1,6 @@
 # Quickstart transfer: UperNet (the ResNet row of configs/upernet/) on
-# "digit scenes" (real 8x8 digits pasted on 32x32 canvases, ADE20K layout,
-# written by maxsup_mm.datasets.write_digit_scenes), with the digits
+# "digit scenes" (real 8x8 digits in the cells of 32x32 canvases, ADE20K
+# layout, written by maxsup_mm.datasets.write_digit_scenes), with the digits
 # ResNet-18 backbone pretrained by the quickstart (CIFAR stem, 16 base
 # channels), converted by tools/model_converters/mmpretrain2mmseg.py.
 # Point to the converted backbone with
@@ -15,7 +15,7 @@ num_classes = 11  # background + 10 digits
 norm_cfg = dict(type='BN', requires_grad=True)  # CPU: no SyncBN
 
 data_preprocessor = dict(
-    mean=[20.0] * 3, std=[60.0] * 3, size=crop_size, bgr_to_rgb=False)
+    mean=[77.6] * 3, std=[95.8] * 3, size=crop_size, bgr_to_rgb=False)
 model = dict(
     data_preprocessor=data_preprocessor,
     pretrained=None,
@@ -85,9 +85,10 @@ val_dataloader = dict(
         pipeline=test_pipeline))
 test_dataloader = val_dataloader
 
-max_iters = 150
+max_iters = 300
 train_cfg = dict(max_iters=max_iters, val_interval=max_iters)
-optim_wrapper = dict(optimizer=dict(lr=0.02, weight_decay=1e-4))
+optim_wrapper = dict(
+    optimizer=dict(_delete_=True, type='AdamW', lr=3e-3, weight_decay=1e-4))
 param_scheduler = [
     dict(
         type='PolyLR', eta_min=1e-4, power=0.9, begin=0, end=max_iters,

@@ -1,8 +1,9 @@
 """"Digit scenes": a small real-data segmentation task in ADE20K's layout.
 
-Each scene is a dark canvas with a few real 8x8 handwritten digits (from
-scikit-learn's ``load_digits``) pasted at random, non-overlapping places.
-Every pixel is labelled with the class of the digit whose ink covers it, or
+Each scene is a dark canvas divided into a grid of cells (2x2 for the
+default 32x32 canvas and 2x up-scaled digits); a few real 8x8 handwritten
+digits (scikit-learn's ``load_digits``) fill random cells.  Every pixel of a
+digit's cell is labelled with the digit's class, every other pixel is
 background.  Files follow ADE20K (``images/{training,validation}/*.jpg``,
 ``annotations/{training,validation}/*.png``) and its label convention, so
 mmseg's ordinary loading (``reduce_zero_label=True``) applies:
@@ -10,7 +11,7 @@ mmseg's ordinary loading (``reduce_zero_label=True``) applies:
 =================  =======================  =========================
 annotation value   meaning                  training label
 =================  =======================  =========================
-0                  faint edge of a digit     255 (ignored)
+0                  (unused: ignored)         255
 1                  background                0
 2 .. 11            digit 0 .. 9              1 .. 10
 =================  =======================  =========================
@@ -28,22 +29,18 @@ DIGIT_SCENE_CLASSES = ('background', ) + tuple(f'digit {i}'
 
 
 def _paste(rng, canvas, ann, digit, label, scale, placed):
+    """Paste one up-scaled digit into a free cell of the canvas grid."""
     size = digit.shape[0] * scale
     h, w = canvas.shape
-    for _ in range(50):  # rejection sampling of a free spot
-        y, x = int(rng.integers(0, h - size + 1)), int(rng.integers(0, w - size + 1))
-        if all(y + size <= py or py + ps <= y or x + size <= px or
-               px + ps <= x for py, px, ps in placed):
-            break
-    else:
+    free = [(y, x) for y in range(0, h - size + 1, size)
+            for x in range(0, w - size + 1, size) if (y, x) not in placed]
+    if not free:
         return
-    big = np.kron(digit, np.ones((scale, scale), dtype=np.uint8))
-    canvas[y:y + size, x:x + size] = np.maximum(canvas[y:y + size,
-                                                       x:x + size], big)
-    region = ann[y:y + size, x:x + size]
-    region[big >= 96] = label + 2  # ink
-    region[(big > 24) & (big < 96)] = 0  # faint edge: ignored
-    placed.append((y, x, size))
+    y, x = free[int(rng.integers(len(free)))]
+    canvas[y:y + size, x:x + size] = np.kron(
+        digit, np.ones((scale, scale), dtype=np.uint8))
+    ann[y:y + size, x:x + size] = label + 2  # the digit's cell
+    placed.append((y, x))
 
 
 def write_digit_scenes(root: str,
@@ -56,9 +53,9 @@ def write_digit_scenes(root: str,
                        seed: int = 0) -> str:
     """Write digit scenes in ADE20K layout (idempotent).
 
-    The digits are split in two disjoint halves (first 2/3 for training
-    scenes, the rest for validation scenes), so validation digits are never
-    seen in fine-tuning.
+    The digits are shuffled and split in two disjoint parts (2/3 for
+    training scenes, the rest for validation scenes), so validation digits
+    are never seen in fine-tuning.
 
     Args:
         root (str): output folder; ``root/meta.json`` marks it complete.
@@ -67,7 +64,8 @@ def write_digit_scenes(root: str,
         num_scenes (tuple[int, int]): training and validation scenes.
         canvas (int): canvas side in pixels.
         scale (int): nearest-neighbour up-scaling of each digit.
-        digits_per_scene (tuple[int, int]): min and max digits per scene.
+        digits_per_scene (tuple[int, int]): min and max digits per scene
+            (at most the number of grid cells).
         seed (int): random seed.
 
     Returns:
@@ -79,9 +77,9 @@ def write_digit_scenes(root: str,
     if images.ndim != 3 or len(images) != len(labels):
         raise ValueError('images must be (n, h, w) with one label each')
     rng = np.random.default_rng(seed)
+    order = rng.permutation(len(images))
     cut = (2 * len(images)) // 3
-    pools = {'training': np.arange(cut), 'validation': np.arange(cut,
-                                                                 len(images))}
+    pools = {'training': order[:cut], 'validation': order[cut:]}
     prefix = {'training': 'ADE_train', 'validation': 'ADE_val'}
     for (split, pool), count in zip(pools.items(), num_scenes):
         os.makedirs(osp.join(root, 'images', split), exist_ok=True)

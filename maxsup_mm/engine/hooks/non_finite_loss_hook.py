@@ -1,6 +1,8 @@
 """Stop training as soon as the loss is NaN or infinite."""
 import math
 
+import torch
+
 from mmengine.hooks import Hook
 from mmengine.registry import HOOKS
 
@@ -25,10 +27,12 @@ class NonFiniteLossHook(Hook):
                          outputs=None) -> None:
         if not outputs or 'loss' not in outputs:
             return
-        value = float(outputs['loss'])
+        loss = outputs['loss']
+        value = loss.item() if torch.is_tensor(loss) else float(loss)
         if not math.isfinite(value):
-            parts = ', '.join(f'{k}={float(v):.4g}' for k, v in outputs.items()
-                              if k.startswith('loss'))
+            parts = ', '.join(
+                f'{k}={float(torch.as_tensor(v).detach()):.4g}'
+                for k, v in outputs.items() if k.startswith('loss'))
             raise NonFiniteLossError(
                 f'training loss became {value} at iteration {runner.iter + 1} '
                 f'(epoch {runner.epoch + 1}, batch {batch_idx + 1}): {parts}. '
