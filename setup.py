@@ -4,7 +4,11 @@ The heavy, platform-specific pieces (torch CUDA wheels, mmcv 2.1.0 compiled
 with ops) are installed by ``tools/setup_env.sh``; ``install_requires`` pins
 what the plugin was tested with so that pip can check a foreign environment.
 """
+import os.path as osp
+
 from setuptools import find_packages, setup
+
+HERE = osp.dirname(osp.abspath(__file__))
 
 INSTALL_REQUIRES = [
     'torch==2.14.1',
@@ -36,8 +40,7 @@ setup(
     version='0.1.0',
     description='Max Suppression (MaxSup) regularization for mmpretrain and '
     'mmsegmentation',
-    long_description=open('README.md', encoding='utf-8').read()
-    if __import__('os').path.exists('README.md') else '',
+    long_description=open(osp.join(HERE, 'README.md'), encoding='utf-8').read(),
     long_description_content_type='text/markdown',
     packages=find_packages(exclude=('tests', 'configs', 'tools')),
     python_requires='>=3.9',

@@ -94,38 +94,43 @@ def _write_json(path: str, obj) -> None:
     os.replace(tmp, path)
 
 
-def _quiet_options(name: str) -> dict:
-    return dict(log_level='WARNING', experiment_name=name)
+def _data_roots(root: str) -> dict:
+    """``--cfg-options`` pointing every dataloader of a config to ``root``."""
+    return {f'{split}_dataloader.dataset.data_root': root
+            for split in ('train', 'val', 'test')}
+
+
+def _train(config: str, work: str, name: str, seed: int, data_root: str,
+           overrides: dict, extra: dict):
+    """Train ``config`` quietly in ``work``; resume an unfinished run."""
+    from maxsup_mm.apis import build_runner, prepare_train_cfg
+    options = {'log_level': 'WARNING',
+               'experiment_name': f'{name}_seed{seed}_{time.time_ns()}',
+               'randomness.seed': seed, **_data_roots(data_root),
+               **overrides, **extra}
+    resume = 'auto' if osp.exists(osp.join(work, 'last_checkpoint')) else None
+    runner = build_runner(
+        prepare_train_cfg(osp.join(ROOT, config), work_dir=work,
+                          resume=resume, cfg_options=options))
+    runner.train()
+    return runner
 
 
 def train_classifier(method: str, seed: int, s: StudySettings,
                      digits_root: str) -> str:
     """Train one (method, seed) run; return its final checkpoint."""
-    from maxsup_mm.apis import build_runner, prepare_train_cfg
     work = osp.join(s.work_dir, 'cls', f'{method.lower()}_seed{seed}')
     done = _done(osp.join(work, 'done.json'))
     if done:
         return done['checkpoint']
     e = s.epochs
-    options = dict(
-        _quiet_options(f'{method}_seed{seed}_{time.time_ns()}'),
-        **{
-            'randomness.seed': seed,
-            'train_cfg.max_epochs': e,
-            'train_cfg.val_interval': e,
-            'param_scheduler.milestones': [max(1, int(e * f))
-                                           for f in (0.3, 0.6, 0.8)],
-            'default_hooks.checkpoint.interval': e,
-            'train_dataloader.dataset.data_root': digits_root,
-            'val_dataloader.dataset.data_root': digits_root,
-            'test_dataloader.dataset.data_root': digits_root,
-        })
-    options.update(s.extra_cfg.get('cls', {}))
-    resume = 'auto' if osp.exists(osp.join(work, 'last_checkpoint')) else None
-    cfg = prepare_train_cfg(osp.join(ROOT, CLS_CONFIGS[method]),
-                            work_dir=work, resume=resume, cfg_options=options)
-    runner = build_runner(cfg)
-    runner.train()
+    _train(CLS_CONFIGS[method], work, method, seed, digits_root, {
+        'train_cfg.max_epochs': e,
+        'train_cfg.val_interval': e,
+        'param_scheduler.milestones': [max(1, int(e * f))
+                                       for f in (0.3, 0.6, 0.8)],
+        'default_hooks.checkpoint.interval': e,
+    }, s.extra_cfg.get('cls', {}))
     ckpt = osp.join(work, f'epoch_{e}.pth')
     _write_json(osp.join(work, 'done.json'), dict(checkpoint=ckpt))
     return ckpt
@@ -134,36 +139,23 @@ def train_classifier(method: str, seed: int, s: StudySettings,
 def transfer_backbone(method: str, seed: int, cls_ckpt: str,
                       s: StudySettings, scenes_root: str) -> dict:
     """Convert a digits backbone and fine-tune UperNet on digit scenes."""
-    from maxsup_mm.apis import build_runner, prepare_train_cfg
     from maxsup_mm.converters import convert_mmpretrain_to_mmseg
     work = osp.join(s.work_dir, 'seg', f'{method.lower()}_seed{seed}')
     done = _done(osp.join(work, 'done.json'))
     if done:
         return done
     os.makedirs(work, exist_ok=True)
-    seg_cfg = osp.join(ROOT, SEG_CONFIG)
     backbone = osp.join(work, 'backbone_mmseg.pth')
-    convert_mmpretrain_to_mmseg(cls_ckpt, backbone, config=seg_cfg, log=None)
+    convert_mmpretrain_to_mmseg(cls_ckpt, backbone,
+                                config=osp.join(ROOT, SEG_CONFIG), log=None)
     n = s.seg_iters
-    options = dict(
-        _quiet_options(f'seg_{method}_seed{seed}_{time.time_ns()}'),
-        **{
-            'randomness.seed': seed,
-            'model.backbone.init_cfg.checkpoint': backbone,
-            'train_cfg.max_iters': n,
-            'train_cfg.val_interval': n,
-            'param_scheduler.0.end': n,
-            'default_hooks.checkpoint.interval': n,
-            'train_dataloader.dataset.data_root': scenes_root,
-            'val_dataloader.dataset.data_root': scenes_root,
-            'test_dataloader.dataset.data_root': scenes_root,
-        })
-    options.update(s.extra_cfg.get('seg', {}))
-    resume = 'auto' if osp.exists(osp.join(work, 'last_checkpoint')) else None
-    runner = build_runner(
-        prepare_train_cfg(seg_cfg, work_dir=work, resume=resume,
-                          cfg_options=options))
-    runner.train()
+    runner = _train(SEG_CONFIG, work, f'seg_{method}', seed, scenes_root, {
+        'model.backbone.init_cfg.checkpoint': backbone,
+        'train_cfg.max_iters': n,
+        'train_cfg.val_interval': n,
+        'param_scheduler.0.end': n,
+        'default_hooks.checkpoint.interval': n,
+    }, s.extra_cfg.get('seg', {}))
     metrics = runner.test()
     result = dict(mIoU=float(metrics['mIoU']), aAcc=float(metrics['aAcc']),
                   checkpoint=osp.join(work, f'iter_{n}.pth'))
@@ -360,8 +352,7 @@ def run_study(s: StudySettings,
             for m, seed in runs]
     analysis_md = compare(
         spec, analysis_dir, analyses=s.analyses, split='test',
-        cfg_options={f'{k}_dataloader.dataset.data_root': digits_root
-                     for k in ('train', 'val', 'test')},
+        cfg_options=_data_roots(digits_root),
         device='cpu', progress=False,
         title='MaxSup quickstart: analysis of the digits runs')
     with open(osp.join(analysis_dir, 'metrics.json')) as f:

@@ -19,7 +19,7 @@ annotation value   meaning                  training label
 import json
 import os
 import os.path as osp
-from typing import Sequence, Tuple
+from typing import Tuple
 
 import numpy as np
 from PIL import Image

@@ -13,7 +13,6 @@ indices with the logits' shape minus the class dimension; a *soft* target is a
 float tensor with the logits' shape whose rows sum to one (what mmpretrain's
 Mixup / CutMix produce).
 """
-from typing import Optional
 
 import torch
 import torch.nn.functional as F
