@@ -19,3 +19,17 @@ def imagenet_root(tmp_path_factory):
     root = str(tmp_path_factory.mktemp('imagenet'))
     return write_imagenet_folder(root, num_classes=4, per_class=(8, 4),
                                  size=32)
+
+
+@pytest.fixture(scope='module', autouse=True)
+def _restore_default_scope():
+    """Each test module starts with the OpenMMLab default scope it would have
+    when run alone: runners and ``register_all_modules`` make their scope
+    (``mmpretrain`` or ``mmseg``) the process-wide default, which would
+    otherwise redirect the next module's ``MODELS.build`` calls."""
+    from mmengine.registry import DefaultScope
+    before = list(DefaultScope._instance_dict)
+    yield
+    for name in list(DefaultScope._instance_dict):
+        if name not in before:
+            del DefaultScope._instance_dict[name]
