@@ -45,14 +45,10 @@ train_dataloader = dict(
         data_prefix='train',
         pipeline=train_pipeline))
 val_dataloader = dict(
+    train_dataloader,
     batch_size=256,
-    num_workers=0,
-    persistent_workers=False,
     dataset=dict(
-        _delete_=True,
-        type='CustomDataset',
-        data_root=data_root,
-        data_prefix='val',
+        train_dataloader['dataset'], data_prefix='val',
         pipeline=test_pipeline))
 test_dataloader = dict(
     val_dataloader, dataset=dict(val_dataloader['dataset'], data_prefix='test'))
