@@ -1,12 +1,20 @@
 """maxsup_mm: Max Suppression regularization (MaxSup) for OpenMMLab.
 
 ``import maxsup_mm`` registers the losses, heads and hooks in mmpretrain's
-registries (and mmseg's, where mmsegmentation is installed).  From an
-upstream config::
+registries (and mmseg's, where mmsegmentation is installed), and makes
+mmengine load local checkpoints through :func:`maxsup_mm.checkpoint.load_checkpoint`
+(``weights_only=True`` with an allowlist of benign types).  From an upstream
+config::
 
     custom_imports = dict(imports=['maxsup_mm'], allow_failed_imports=False)
 """
-from . import engine, models  # noqa: F401
-from .models.losses import MaxSupLoss, maxsup_cross_entropy  # noqa: F401
+from .checkpoint import install_mmengine_loader, register_safe_globals
+
+# safe checkpoint loading for our tools and for upstream ones that import us
+register_safe_globals()
+install_mmengine_loader()
+
+from . import engine, models  # noqa: F401,E402
+from .models.losses import MaxSupLoss, maxsup_cross_entropy  # noqa: F401,E402
 
 __version__ = '0.1.0'

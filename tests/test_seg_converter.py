@@ -4,7 +4,6 @@ Oracles: the mmpretrain backbone itself (its features on the same input),
 PyTorch's strict ``load_state_dict`` (no missing / unexpected keys) and
 ``F.interpolate`` for the resized position embedding.
 """
-import argparse
 import glob
 import importlib.util
 import os
@@ -16,6 +15,7 @@ import torch.nn.functional as F
 
 from maxsup_mm.converters import ConversionError, convert_mmpretrain_to_mmseg
 from maxsup_mm.converters.mmpretrain2mmseg import read_config
+from malicious import write_malicious_checkpoint  # tests/helpers
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 UPERNET = osp.join(ROOT, 'configs', 'upernet')
@@ -310,9 +310,11 @@ def test_non_classification_checkpoints_are_refused(tmp_path):
     with pytest.raises(ConversionError, match='not a model checkpoint'):
         convert_mmpretrain_to_mmseg(str(other), dst, log=None)
     unsafe = tmp_path / 'unsafe.pth'
-    torch.save({'state_dict': {}, 'meta': argparse.Namespace(a=1)}, unsafe)
-    with pytest.raises(ConversionError, match='weights_only'):
+    marker = str(tmp_path / 'payload_ran')
+    write_malicious_checkpoint(str(unsafe), marker)
+    with pytest.raises(ConversionError, match='refused: it needs builtins.exec'):
         convert_mmpretrain_to_mmseg(str(unsafe), dst, log=None)
+    assert not osp.exists(marker)
     _assert_nothing_written(str(tmp_path), dst)
 
 

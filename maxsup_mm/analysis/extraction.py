@@ -14,7 +14,6 @@ import hashlib
 import json
 import os
 import os.path as osp
-import pickle
 import sys
 import warnings
 from typing import Dict, Optional, Union
@@ -22,6 +21,8 @@ from typing import Dict, Optional, Union
 import numpy as np
 import torch
 import torch.nn as nn
+
+from maxsup_mm.checkpoint import load_checkpoint
 
 __all__ = ['extract_features', 'load_analysis_config', 'build_classifier',
            'load_weights', 'build_split_dataset', 'find_classifier_layer',
@@ -56,23 +57,14 @@ def load_analysis_config(cfg, cfg_options: Optional[dict] = None):
 def load_weights(model: nn.Module, checkpoint: str) -> dict:
     """Load a checkpoint's ``state_dict`` into ``model`` safely.
 
-    Uses ``torch.load(weights_only=True)`` (checkpoints written by our tools
-    are safe to load that way) and fails loudly when model weights are
-    missing, so a wrong checkpoint cannot silently give a random model.
+    Uses :func:`maxsup_mm.checkpoint.load_checkpoint` (``weights_only``
+    with an allowlist of benign types) and fails loudly when model weights
+    are missing, so a wrong checkpoint cannot silently give a random model.
 
     Returns:
         dict: the loaded checkpoint.
     """
-    if not osp.isfile(checkpoint):
-        raise FileNotFoundError(f'checkpoint not found: {checkpoint}')
-    try:
-        ckpt = torch.load(checkpoint, map_location='cpu', weights_only=True)
-    except pickle.UnpicklingError as err:
-        raise RuntimeError(
-            f'{checkpoint} holds objects that torch.load(weights_only=True) '
-            'refuses. Checkpoints written by tools/train.py are safe; for '
-            'others save only the weights: torch.save({"state_dict": '
-            'ckpt["state_dict"]}, path)') from err
+    ckpt = load_checkpoint(checkpoint)
     state = ckpt.get('state_dict', ckpt) if isinstance(ckpt, dict) else None
     if not isinstance(state, dict):
         raise ValueError(f'{checkpoint} has no state_dict')

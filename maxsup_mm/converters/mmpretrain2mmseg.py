@@ -28,16 +28,15 @@ The output is ``{'state_dict': <backbone keys>, 'meta': {...}}``, what mmseg
 loads through ``model.pretrained=...`` or
 ``model.backbone.init_cfg=dict(type='Pretrained', checkpoint=...)``.
 """
-import os
 import os.path as osp
-import pickle
 import re
-import tempfile
-import zipfile
 from collections import OrderedDict
 from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
+
+from maxsup_mm.checkpoint import CheckpointError, load_checkpoint
+from maxsup_mm.fileio import atomic_save
 
 __all__ = [
     'ConversionError', 'convert_mmpretrain_to_mmseg', 'convert_state_dict',
@@ -84,21 +83,10 @@ def load_classifier_checkpoint(src: str) -> Tuple[Dict, Dict[str, List]]:
             ``weights_only`` loading refuses, or not a classification
             checkpoint.
     """
-    if not osp.isfile(src):
-        raise ConversionError(f'{src}: no such file')
     try:
-        ckpt = torch.load(src, map_location='cpu', weights_only=True)
-    except pickle.UnpicklingError as err:
-        raise ConversionError(
-            f'{src}: refused by torch.load(weights_only=True), which only '
-            'unpickles tensors and plain containers; the file holds other '
-            f'objects or is corrupt ({str(err).splitlines()[0]})') from err
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError,
-            OSError) as err:
-        raise ConversionError(
-            f'{src}: cannot be read as a torch checkpoint (truncated or '
-            f'corrupt file?): {type(err).__name__}: '
-            f'{str(err).splitlines()[0] if str(err) else ""}') from err
+        ckpt = load_checkpoint(src)
+    except (FileNotFoundError, CheckpointError) as err:
+        raise ConversionError(str(err)) from None
     if isinstance(ckpt, dict) and isinstance(ckpt.get('state_dict'), dict):
         state_dict = ckpt['state_dict']
     elif isinstance(ckpt, dict) and ckpt and all(
@@ -535,23 +523,6 @@ def convert_state_dict(backbone_sd: Dict[str, torch.Tensor],
     return mapped, report
 
 
-def _atomic_save(obj, dst: str) -> None:
-    folder = osp.dirname(osp.abspath(dst))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix='.' + osp.basename(dst) + '.',
-                               suffix='.tmp', dir=folder)
-    try:
-        with os.fdopen(fd, 'wb') as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, dst)
-    except BaseException:
-        if osp.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def convert_mmpretrain_to_mmseg(src: str,
                                 dst: str,
                                 config: Optional[str] = None,
@@ -559,7 +530,7 @@ def convert_mmpretrain_to_mmseg(src: str,
                                 num_examples: int = 4) -> Dict:
     """Convert an mmpretrain classification checkpoint for mmseg.
 
-    Loads ``src`` with ``torch.load(weights_only=True)``, drops the head
+    Loads ``src`` with :func:`maxsup_mm.checkpoint.load_checkpoint`, drops the head
     (and neck), renames the backbone weights to the mmseg backbone's names,
     checks that they fit that backbone exactly (every key, every shape) and
     writes ``{'state_dict': ..., 'meta': ...}`` to ``dst`` atomically (a
@@ -615,7 +586,7 @@ def convert_mmpretrain_to_mmseg(src: str,
     meta = dict(converter='maxsup_mm.converters.mmpretrain2mmseg',
                 source=osp.basename(src), mmseg_type=arch['type'],
                 target=report['target'])
-    _atomic_save(dict(state_dict=state_dict, meta=meta), dst)
+    atomic_save(dict(state_dict=state_dict, meta=meta), dst)
     log(f'[mmpretrain2mmseg] wrote {dst}')
     report.update(dropped=dropped, dst=dst)
     return report

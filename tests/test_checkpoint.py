@@ -1,0 +1,220 @@
+"""The shared safe checkpoint loader and the atomic-write helper."""
+import argparse
+import os
+import os.path as osp
+import pathlib
+import stat
+import subprocess
+import sys
+import types
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+from maxsup_mm.checkpoint import (CheckpointError, check_finite,
+                                  load_checkpoint, non_finite_tensors)
+from maxsup_mm.fileio import atomic_save, atomic_write, atomic_write_text
+from malicious import write_malicious_checkpoint  # tests/helpers
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+
+
+class _ToyModel(nn.Module):
+    """A BaseModel-free model for mmengine's Runner (no mmpretrain)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, inputs, labels=None, mode='tensor'):
+        logits = self.fc(inputs)
+        if mode == 'loss':
+            return dict(loss=nn.functional.cross_entropy(logits, labels))
+        return logits
+
+    def train_step(self, data, optim_wrapper):
+        inputs, labels = data
+        losses = self(torch.stack(inputs), torch.stack(labels), mode='loss')
+        optim_wrapper.update_params(losses['loss'])
+        return {k: v.detach() for k, v in losses.items()}
+
+
+@pytest.fixture(scope='module')
+def runner_checkpoint(tmp_path_factory):
+    """A checkpoint from plain ``Runner(...).train()``: no maxsup_mm hook."""
+    from mmengine.runner import Runner
+    work = str(tmp_path_factory.mktemp('plain_runner'))
+    data = [(torch.randn(4), torch.tensor(i % 2)) for i in range(8)]
+    runner = Runner(
+        model=_ToyModel(), work_dir=work,
+        train_dataloader=dict(dataset=data, batch_size=4,
+                              sampler=dict(type='DefaultSampler',
+                                           shuffle=False),
+                              collate_fn=dict(type='pseudo_collate')),
+        optim_wrapper=dict(optimizer=dict(type='SGD', lr=0.1)),
+        train_cfg=dict(by_epoch=True, max_epochs=1),
+        default_hooks=dict(checkpoint=dict(type='CheckpointHook',
+                                           interval=1)),
+        default_scope='mmengine')
+    runner.train()
+    path = osp.join(work, 'epoch_1.pth')
+    assert osp.isfile(path)
+    return path
+
+
+def test_plain_runner_checkpoint_is_refused_by_torch_but_loads_here(
+        runner_checkpoint):
+    """The message hub holds HistoryBuffer + numpy: torch's own allowlist
+    refuses it (the bug), ours loads it with the values intact."""
+    code = ('import torch,sys; torch.load(sys.argv[1], weights_only=True)')
+    proc = subprocess.run([sys.executable, '-c', code, runner_checkpoint],
+                          capture_output=True, text=True)
+    assert proc.returncode != 0 and 'HistoryBuffer' in proc.stderr
+    ckpt = load_checkpoint(runner_checkpoint)
+    buffers = ckpt['message_hub']['log_scalars']
+    from mmengine.logging import HistoryBuffer
+    assert isinstance(buffers['train/loss'], HistoryBuffer)
+    assert np.isfinite(buffers['train/loss'].mean())
+    assert set(ckpt['state_dict']) == {'fc.weight', 'fc.bias'}
+
+
+def test_mmengine_loader_uses_the_safe_loader(runner_checkpoint, tmp_path,
+                                              monkeypatch):
+    """``import maxsup_mm`` makes mmengine's own loading safe, even when the
+    environment asks torch to load unsafely."""
+    import maxsup_mm  # noqa: F401
+    from mmengine.runner.checkpoint import _load_checkpoint
+    monkeypatch.setenv('TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD', '1')
+    assert 'state_dict' in _load_checkpoint(runner_checkpoint)
+    marker = str(tmp_path / 'payload_ran')
+    evil = write_malicious_checkpoint(str(tmp_path / 'evil.pth'), marker)
+    with pytest.raises(CheckpointError) as err:
+        _load_checkpoint(evil)
+    assert not osp.exists(marker)
+    message = str(err.value)
+    assert 'builtins.exec' in message and evil in message
+    assert '\n' not in message and '\x1b' not in message
+
+
+def test_malicious_checkpoint_is_refused_in_a_fresh_process(tmp_path):
+    """Same, through a new interpreter with the environment override set."""
+    marker = str(tmp_path / 'payload_ran')
+    evil = write_malicious_checkpoint(str(tmp_path / 'evil.pth'), marker)
+    code = ('import sys; sys.path.insert(0, sys.argv[2]); '
+            'from maxsup_mm.checkpoint import load_checkpoint; '
+            'load_checkpoint(sys.argv[1])')
+    env = dict(os.environ, TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD='1')
+    proc = subprocess.run([sys.executable, '-c', code, evil, ROOT],
+                          capture_output=True, text=True, env=env)
+    assert proc.returncode != 0
+    assert 'CheckpointError' in proc.stderr and 'builtins.exec' in proc.stderr
+    assert not osp.exists(marker)
+
+
+def test_getattr_is_admitted_only_for_history_buffer_statistics(tmp_path):
+    from mmengine.logging import HistoryBuffer
+
+    class Reach:
+        def __init__(self, obj, name):
+            self.obj, self.name = obj, name
+
+        def __reduce__(self):
+            return (getattr, (self.obj, self.name))
+
+    ok = tmp_path / 'ok.pth'
+    torch.save({'m': Reach(HistoryBuffer, 'mean')}, ok)
+    assert load_checkpoint(str(ok))['m'] is HistoryBuffer.mean
+    for obj, name in ((HistoryBuffer, '__init__'), (HistoryBuffer,
+                                                    '__class__'),
+                      (argparse.Namespace, '__init__')):
+        bad = tmp_path / f'bad_{name}.pth'
+        torch.save({'m': Reach(obj, name)}, bad)
+        with pytest.raises(CheckpointError, match=f"getattr.*'{name}'"):
+            load_checkpoint(str(bad))
+
+
+def test_deit_and_lightning_containers_load(tmp_path, monkeypatch):
+    """DeiT's ``args`` (Namespace with paths), numpy scalars and Lightning's
+    ``AttributeDict`` (pickled under Lightning's module name, loaded as a
+    plain dict) load without Lightning installed."""
+    sd = {'w': torch.ones(2)}
+    deit = tmp_path / 'deit.pth'
+    torch.save({'model': sd, 'model_ema': sd, 'epoch': 299,
+                'args': argparse.Namespace(
+                    output_dir=pathlib.Path('/out'), lr=5e-4,
+                    smoothing=0.1, seed=np.int64(0))}, deit)
+    ckpt = load_checkpoint(str(deit))
+    assert ckpt['args'].output_dir == pathlib.PurePosixPath('/out')
+    assert torch.equal(ckpt['model']['w'], sd['w'])
+
+    module = types.ModuleType('lightning_fabric.utilities.data')
+
+    class AttributeDict(dict):
+        pass
+
+    AttributeDict.__module__ = module.__name__
+    AttributeDict.__qualname__ = 'AttributeDict'
+    module.AttributeDict = AttributeDict
+    for name in ('lightning_fabric', 'lightning_fabric.utilities'):
+        monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    lightning = tmp_path / 'lightning.pth'
+    torch.save({'state_dict': {'model.' + k: v for k, v in sd.items()},
+                'hyper_parameters': AttributeDict(lr=0.5, arch='resnet50'),
+                'pytorch-lightning_version': '2.1.0', 'global_step': 10,
+                'loops': {'fit_loop': {'epoch_progress': {'total': 3}}}},
+               lightning)
+    for name in ('lightning_fabric', 'lightning_fabric.utilities',
+                 module.__name__):
+        monkeypatch.delitem(sys.modules, name)
+    ckpt = load_checkpoint(str(lightning))
+    assert ckpt['hyper_parameters'] == {'lr': 0.5, 'arch': 'resnet50'}
+
+
+def test_truncated_and_missing_files(runner_checkpoint, tmp_path):
+    with pytest.raises(FileNotFoundError):
+        load_checkpoint(str(tmp_path / 'nope.pth'))
+    data = open(runner_checkpoint, 'rb').read()
+    cut = tmp_path / 'cut.pth'
+    cut.write_bytes(data[:len(data) // 2])
+    with pytest.raises(CheckpointError, match='truncated or corrupt') as err:
+        load_checkpoint(str(cut))
+    assert '\n' not in str(err.value)
+
+
+def test_check_finite_names_the_tensors():
+    sd = {'a': torch.ones(3), 'b': torch.tensor([1., float('nan')]),
+          'c': torch.tensor([float('inf')]), 'n': torch.tensor([1, 2])}
+    assert non_finite_tensors(sd) == ['b', 'c']
+    with pytest.raises(CheckpointError, match='2 tensor.*b, c'):
+        check_finite(sd, 'x.pth')
+    check_finite({'a': torch.ones(1)}, 'x.pth')
+
+
+def test_atomic_write_permissions_symlinks_and_cleanup(tmp_path):
+    target = tmp_path / 'report.md'
+    old = os.umask(0o022)
+    try:
+        atomic_write_text(str(target), 'hello')
+    finally:
+        os.umask(old)
+    assert target.read_text() == 'hello'
+    assert stat.S_IMODE(target.stat().st_mode) == 0o644
+    # a symlink at the old fixed temporary name is not followed
+    victim = tmp_path / 'victim.txt'
+    victim.write_text('keep')
+    os.symlink(victim, str(target) + '.tmp')
+    atomic_write_text(str(target), 'again')
+    assert victim.read_text() == 'keep' and target.read_text() == 'again'
+    # an exception (or KeyboardInterrupt) leaves neither temp nor target
+    fresh = tmp_path / 'sub' / 'x.pth'
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_write(str(fresh), 'wb') as f:
+            f.write(b'partial')
+            raise KeyboardInterrupt
+    assert not fresh.exists()
+    assert [p.name for p in (tmp_path / 'sub').iterdir()] == []
+    atomic_save({'w': torch.ones(1)}, str(fresh))
+    assert torch.equal(load_checkpoint(str(fresh))['w'], torch.ones(1))
