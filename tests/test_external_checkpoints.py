@@ -40,6 +40,8 @@ R50_STANDARD = 'mmpretrain::resnet/resnet50_8xb32_in1k.py'
 UPERNET_DEIT = osp.join(
     ROOT, 'configs', 'upernet',
     'upernet_deit-s16_maxsup-pre_8xb2-80k_ade20k-512x512.py')
+UPERNET_R50 = osp.join(ROOT, 'configs', 'upernet',
+                       'upernet_r50_ce-pre_4xb4-80k_ade20k-512x512.py')
 UPERNET_R50_BLUR = osp.join(
     ROOT, 'configs', 'upernet',
     'upernet_r50-blurpool_official-pre_4xb4-80k_ade20k-512x512.py')
@@ -442,6 +444,7 @@ def test_lightning_blurpool_resnet50(blur_r50, tmp_path, capsys):
     assert ckpt['meta']['format'] == 'lightning-checkpoint'
     assert ckpt['meta']['config'] == R50_RELEASED
     assert ckpt['meta']['mmpretrain_type'] == 'ResNetBlurPool'
+    assert ckpt['meta']['source_epoch'] == 89
     assert ckpt['state_dict']['backbone.layer2.0.conv2.blur_filter'].shape \
         == (128, 1, 3, 3)
     cls = _classifier(_config_model(R50_RELEASED), ckpt['state_dict'])
@@ -467,6 +470,36 @@ def test_lightning_blurpool_resnet50(blur_r50, tmp_path, capsys):
     assert not result.missing_keys and not result.unexpected_keys
     with torch.no_grad():
         assert _max_diff(_tv_features(model, x), seg(x)) < 1e-4
+    # never onto a plain mmseg ResNet (the same weights without the blur)
+    with pytest.raises(ConversionError, match='BlurPool ResNet .* is a '
+                       'ResNet$'):
+        convert_mmpretrain_to_mmseg(dst, str(tmp_path / 'x.pth'),
+                                    config=UPERNET_R50, log=None)
+
+
+def test_released_resnet50_config_runs_in_tools_test(blur_r50, imagenet_root,
+                                                     tmp_path, capfd):
+    """convert -> tools/test.py with the released config, on generated
+    ImageNet-layout JPEGs: the weights load completely and it evaluates."""
+    import json
+    src, _ = blur_r50
+    dst = str(tmp_path / 'r50.pth')
+    convert_external_checkpoint(src, dst, log=None)
+    spec = importlib.util.spec_from_file_location(
+        'tools_test', osp.join(ROOT, 'tools', 'test.py'))
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    out, work = str(tmp_path / 'metrics.json'), str(tmp_path / 'work')
+    tool.main([osp.join(ROOT, R50_RELEASED), dst, '--work-dir', work,
+               '--out', out, '--cfg-options',
+               f'test_dataloader.dataset.data_root={imagenet_root}',
+               'test_dataloader.batch_size=8',
+               'test_dataloader.num_workers=0'])
+    metrics = json.load(open(out))
+    assert 0 <= metrics['accuracy/top1'] <= 100
+    printed = ''.join(capfd.readouterr())  # mmengine warns about a partial
+    assert f'Load checkpoint from {dst}' in printed  # load, never fails
+    assert 'do not match exactly' not in printed
 
 
 def test_bare_blurpool_resnet18_with_module_prefix(tmp_path):
@@ -523,6 +556,10 @@ def test_plain_torchvision_resnet18_uses_the_standard_config(tmp_path):
     seg_dst = str(tmp_path / 'seg.pth')
     assert convert_mmpretrain_to_mmseg(dst, seg_dst, log=None)[
         'architecture']['type'] == 'ResNet'
+    with pytest.raises(ConversionError, match='plain ResNet .* is a '
+                       'ResNetBlurPool$'):
+        convert_mmpretrain_to_mmseg(dst, str(tmp_path / 'x.pth'), log=None,
+                                    config=UPERNET_R50_BLUR)
 
 
 # ---------------------------------------------------------------------------
@@ -758,3 +795,24 @@ def test_resnet50_config_evaluates_like_ffcv(tmp_path):
     # a centre crop of 224/256 of the shorter side, not a resize + crop
     from maxsup_mm.datasets.transforms import ffcv_center_crop_box
     assert ffcv_center_crop_box(375, 500, 224 / 256) == (23, 86, 328)
+
+
+def _flat(cfg, prefix=''):
+    out = {}
+    for key, value in cfg.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f'{prefix}{key}.'))
+        else:
+            out[f'{prefix}{key}'] = value
+    return out
+
+
+def test_blurpool_upernet_differs_from_the_r50_recipe_only_in_the_backbone():
+    base = _flat(read_config(UPERNET_R50).to_dict())
+    blur = _flat(read_config(UPERNET_R50_BLUR).to_dict())
+    diff = {k for k in set(base) | set(blur) if base.get(k) != blur.get(k)}
+    assert diff == {'model.backbone.type', 'model.pretrained',
+                    'custom_imports.imports',
+                    'custom_imports.allow_failed_imports'}
+    assert blur['model.backbone.type'] == 'ResNetBlurPool'
+    assert blur['model.backbone.strides'] == (1, 2, 2, 2)

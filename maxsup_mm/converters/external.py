@@ -55,6 +55,7 @@ import torch
 from maxsup_mm.checkpoint import CheckpointError, check_finite, \
     load_checkpoint
 from maxsup_mm.fileio import atomic_save
+from maxsup_mm.models.backbones import blur_filter
 from .mmpretrain2mmseg import (RESNET_DEPTHS, ConversionError, _apply_rules,
                                _indices, check_against_target, read_config)
 
@@ -207,8 +208,8 @@ def extract_source_state_dict(obj, fmt: str, ema: bool = False,
     Returns:
         tuple: ``(state_dict, info)``; ``info`` has ``entry`` (where the
         weights came from), ``prefix`` (removed), ``dropped`` (Lightning
-        tensors outside the network) and, for DeiT, ``epoch`` / ``model``
-        (``args.model``) where present.
+        tensors outside the network), ``epoch`` (DeiT, Lightning) and
+        ``model`` (DeiT's ``args.model``) where present.
 
     Raises:
         ConversionError: ``ema`` without a ``model_ema``; keys outside the
@@ -229,8 +230,6 @@ def extract_source_state_dict(obj, fmt: str, ema: bool = False,
                 '; the run was trained with --no-model-ema?); convert '
                 'without --ema to take "model"')
         info['entry'] = entry
-        if isinstance(obj.get('epoch'), int):
-            info['epoch'] = obj['epoch']
         args = obj.get('args')
         if isinstance(getattr(args, 'model', None), str):
             info['model'] = args.model
@@ -252,6 +251,9 @@ def extract_source_state_dict(obj, fmt: str, ema: bool = False,
             f'{len(outside)} tensors of {source} lie outside the network '
             f'(prefix "{prefix}"): {outside[:8]}')
     info['prefix'] = prefix
+    if fmt in ('deit-checkpoint', 'lightning-checkpoint') and isinstance(
+            obj.get('epoch'), int):
+        info['epoch'] = obj['epoch']
     net = OrderedDict((k[len(prefix):], v) for k, v in sd.items()
                       if k.startswith(prefix))
     try:
@@ -420,7 +422,6 @@ def map_external_keys(sd: Dict[str, torch.Tensor], arch: Dict):
 
 
 def _check_blur_filters(sd: Dict[str, torch.Tensor]) -> None:
-    from maxsup_mm.models.backbones import blur_filter
     for key, value in sd.items():
         if key.endswith('.blur_filter'):
             want = blur_filter(value.shape[0])
