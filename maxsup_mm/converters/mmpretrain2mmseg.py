@@ -23,6 +23,8 @@ Supported (mmpretrain -> mmseg):
   -> ``stem.3i`` / ``stem.3i+1``) and, for ``ResNetV1d``, the first
   down-sampling of a stride-1 stage (mmseg puts an identity ``AvgPool`` in
   front of it).
+* maxsup_mm's ``ResNetBlurPool`` (recognised by its ``.blur_filter``
+  buffers) -> maxsup_mm's mmseg ``ResNetBlurPool``: identical names.
 
 The output is ``{'state_dict': <backbone keys>, 'meta': {...}}``, what mmseg
 loads through ``model.pretrained=...`` or
@@ -212,10 +214,17 @@ def detect_architecture(sd: Dict[str, torch.Tensor]) -> Dict:
             raise ConversionError('a ResNet with average-pool down-sampling '
                                   'but without the deep stem has no mmseg '
                                   'class')
+        # maxsup_mm's ResNetBlurPool: <conv>.conv.weight + <conv>.blur_filter
+        blurpool = any(k.endswith('.blur_filter') for k in keys)
+        if blurpool and (deep_stem or avg_down):
+            raise ConversionError('a BlurPool ResNet with a deep stem or '
+                                  'average-pool down-sampling has no mmseg '
+                                  'class (ResNetBlurPool is the plain stem)')
         mmseg_type = ('ResNetV1d' if avg_down else 'ResNetV1c') \
-            if deep_stem else 'ResNet'
+            if deep_stem else ('ResNetBlurPool' if blurpool else 'ResNet')
         return dict(family='resnet', type=mmseg_type, depth=depth,
                     block=block, deep_stem=deep_stem, avg_down=avg_down,
+                    blurpool=blurpool,
                     in_channels=int(sd['stem.0.conv.weight' if deep_stem
                                        else 'conv1.weight'].shape[1]))
     raise ConversionError(
@@ -515,6 +524,12 @@ def convert_state_dict(backbone_sd: Dict[str, torch.Tensor],
         raise ConversionError(
             f'architecture mismatch: the checkpoint holds an mmpretrain '
             f'{arch["type"]} but {target_name} is a {src_type}')
+    if arch['family'] == 'resnet' and src_type.startswith('ResNet') and (
+            (src_type == 'ResNetBlurPool') != arch['blurpool']):
+        raise ConversionError(
+            f'architecture mismatch: the checkpoint holds a '
+            f'{"BlurPool" if arch["blurpool"] else "plain"} ResNet (mmseg '
+            f'{arch["type"]}) but {target_name} is a {src_type}')
     resized = check_against_target(mapped, expected_backbone_shapes(
         target_cfg), target_name)
     report = dict(architecture=arch, target=target_name,

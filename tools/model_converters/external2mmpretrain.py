@@ -1,0 +1,63 @@
+"""Convert an external checkpoint (DeiT code base, timm, PyTorch Lightning,
+torchvision; BlurPool ResNets included) to an mmpretrain checkpoint.
+
+The format is detected from the file's contents. Examples::
+
+    # the authors' DeiT-Small (release "checkpoint_deit")
+    python tools/model_converters/external2mmpretrain.py \\
+        checkpoint_deit.pth pretrain/deit-small_maxsup_official.pth
+    python tools/model_converters/external2mmpretrain.py \\
+        checkpoint_deit.pth pretrain/deit-small_maxsup_official_ema.pth --ema
+    # the authors' ResNet-50 (Lightning checkpoint or bare state dict)
+    python tools/model_converters/external2mmpretrain.py \\
+        resnet50_maxsup.ckpt pretrain/resnet50-blurpool_maxsup.pth
+    # then
+    python tools/test.py configs/released/deit-small_official_in1k.py \\
+        pretrain/deit-small_maxsup_official.pth
+
+The logic lives in :mod:`maxsup_mm.converters.external`.
+"""
+import argparse
+import os.path as osp
+import sys
+
+ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+sys.path.insert(0, ROOT)
+
+from maxsup_mm.converters import (ConversionError,  # noqa: E402
+                                  convert_external_checkpoint)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        description='Convert a DeiT code base / timm ViT-DeiT / PyTorch '
+        'Lightning / torchvision ResNet checkpoint (with or without '
+        'BlurPool) to an mmpretrain ImageClassifier checkpoint; the format '
+        'is detected from the contents; refuses anything it cannot map '
+        'completely.')
+    parser.add_argument('src', help='external checkpoint (.pth / .ckpt)')
+    parser.add_argument('dst', help='output path (written atomically)')
+    parser.add_argument(
+        '--ema', action='store_true',
+        help='take the EMA weights ("model_ema") of a DeiT checkpoint')
+    parser.add_argument(
+        '--config', help='an mmpretrain config whose model must accept the '
+        'converted weights exactly (default: the matching config, e.g. '
+        'configs/released/deit-small_official_in1k.py)')
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        convert_external_checkpoint(args.src, args.dst, ema=args.ema,
+                                    config=args.config)
+    except ConversionError as err:
+        message = ' '.join(str(err).split())  # one line
+        print(f'external2mmpretrain: error: {message}', file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
