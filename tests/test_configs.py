@@ -8,6 +8,7 @@ iteration and one validation step on generated data in the real on-disk
 format (ImageNet folders; CIFAR-100's python pickles).  Sibling configs of
 one paper table must differ only in the method keys.
 """
+import argparse
 import copy
 import functools
 import os
@@ -418,12 +419,13 @@ def test_readme_recipes_table_lists_every_config():
 # the README's CPU smoke run (issue 13 item 19)
 # ---------------------------------------------------------------------------
 #: one config per family (folder); the DeiT-Small ones schedule warm-up
-SMOKE_FAMILIES = ['resnet/resnet18_8xb256-coslr-200e_in1k.py',
-                  'mobilenet_v2/mobilenet-v2_8xb64-steplr-90e_in1k.py',
-                  'cifar100/resnet18_1xb128-200e-maxsup_cifar100.py',
-                  'deit-small_maxsup.py',
-                  'ablation/deit-small_8xb128-nomix-ls-reg_in1k.py',
-                  'alpha_schedule/deit-small_8xb128-nomix-maxsup-sched_in1k.py']
+SMOKE_FAMILIES = [
+    'resnet/resnet18_8xb256-coslr-200e_in1k.py',
+    'mobilenet_v2/mobilenet-v2_8xb64-steplr-90e_in1k.py',
+    'cifar100/resnet18_1xb128-200e-maxsup_cifar100.py',
+    'deit-small_maxsup.py',
+    'ablation/deit-small_8xb128-nomix-ls-reg_in1k.py',
+    'alpha_schedule/deit-small_8xb128-nomix-maxsup-sched_in1k.py']
 
 
 def readme_smoke_overrides():
@@ -460,7 +462,7 @@ def test_readme_cpu_smoke_run(rel, small_imagenet_root, cifar100_root,
                 for s in ('train', 'val', 'test')] + [
         'log_level=WARNING', 'randomness.seed=0',
         f'experiment_name=smoke_{rel.replace("/", "_")}']
-    parser = __import__('argparse').ArgumentParser()
+    parser = argparse.ArgumentParser()
     parser.add_argument('--cfg-options', nargs='+', action=DictAction)
 
     def runner(options):
