@@ -292,10 +292,12 @@ def load_state_dict_checked(model, state_dict: Dict[str, Any], source: str,
                             strict: bool = True) -> Dict[str, List[str]]:
     """Load ``state_dict`` into ``model``; refuse one that does not fit.
 
-    The loading itself is :meth:`torch.nn.Module.load_state_dict`'s (the
-    model's own load hooks run, e.g. mmpretrain's ViT resizing ``pos_embed``),
-    after mmengine's key revision (a leading ``module.`` is dropped) and into
-    the network inside wrappers (:func:`unwrap_model`).  Not required to
+    The loading is :meth:`torch.nn.Module.load_state_dict`'s recursion
+    (each module's ``_load_from_state_dict``, so the model's own load hooks
+    run, e.g. mmpretrain's ViT resizing ``pos_embed``) with its missing,
+    unexpected and size-mismatch reports collected instead of raised, after
+    mmengine's key revision (a leading ``module.`` is dropped) and into the
+    network inside wrappers (:func:`unwrap_model`).  Not required to
     match: BatchNorm's ``num_batches_tracked`` (as mmengine), the data
     preprocessor and loss modules (see :func:`_not_weights`).
 
