@@ -32,7 +32,9 @@ import os.path as osp
 import pathlib
 import pickle
 import re
+import warnings
 import zipfile
+from collections import OrderedDict
 from typing import Any, Dict, Iterable, List, Optional
 
 import numpy as np
@@ -41,7 +43,7 @@ import torch
 __all__ = [
     'CheckpointError', 'load_checkpoint', 'register_safe_globals',
     'install_mmengine_loader', 'safe_global_names', 'non_finite_tensors',
-    'check_finite'
+    'check_finite', 'load_state_dict_checked', 'unwrap_model'
 ]
 
 
@@ -253,3 +255,120 @@ def install_mmengine_loader() -> None:
     CheckpointLoader.register_scheme(prefixes='', force=True)(
         _mmengine_local_loader)
     _INSTALLED[0] = True
+
+
+# ---------------------------------------------------------------------------
+# strict loading for evaluation and analysis
+# ---------------------------------------------------------------------------
+def unwrap_model(model):
+    """The network inside DDP-style wrappers and test-time-augmentation
+    models (what mmengine loads a checkpoint into)."""
+    from mmengine.model import BaseTTAModel, is_model_wrapper
+    while is_model_wrapper(model) or isinstance(model, BaseTTAModel):
+        model = model.module
+    return model
+
+
+def _not_weights(key: str) -> bool:
+    """Entries a checkpoint need not share with the model it is tested in:
+    the data preprocessor (normalisation comes from the config) and the
+    state of loss modules (e.g. OLS statistics), which no prediction uses."""
+    parts = key.split('.')
+    return parts[0] == 'data_preprocessor' or any(
+        p.startswith('loss') for p in parts[:-1])
+
+
+_SIZE_RE = re.compile(r'size mismatch for (\S+): copying a param with shape '
+                      r'torch\.Size\((\[[^\]]*\])\) from checkpoint, the '
+                      r'shape in current model is torch\.Size\((\[[^\]]*\])\)')
+
+
+def _shown(keys: List[str], limit: int = 4) -> str:
+    return ', '.join(keys[:limit]) + (f' and {len(keys) - limit} more'
+                                      if len(keys) > limit else '')
+
+
+def load_state_dict_checked(model, state_dict: Dict[str, Any], source: str,
+                            strict: bool = True) -> Dict[str, List[str]]:
+    """Load ``state_dict`` into ``model``; refuse one that does not fit.
+
+    The loading is :meth:`torch.nn.Module.load_state_dict`'s recursion
+    (each module's ``_load_from_state_dict``, so the model's own load hooks
+    run, e.g. mmpretrain's ViT resizing ``pos_embed``) with its missing,
+    unexpected and size-mismatch reports collected instead of raised, after
+    mmengine's key revision (a leading ``module.`` is dropped) and into the
+    network inside wrappers (:func:`unwrap_model`).  Not required to
+    match: BatchNorm's ``num_batches_tracked`` (as mmengine), the data
+    preprocessor and loss modules (see :func:`_not_weights`).
+
+    Args:
+        model (nn.Module): the model (wrappers and TTA models allowed).
+        state_dict (dict): the checkpoint's ``state_dict``.
+        source (str): how to name the checkpoint in messages.
+        strict (bool): raise on missing / unexpected keys and shape
+            mismatches; ``False`` loads what fits and warns (one line).
+
+    Returns:
+        dict: ``missing``, ``unexpected`` and ``mismatched`` (descriptions).
+
+    Raises:
+        CheckpointError: ``strict`` and the checkpoint does not fit.
+    """
+    model = unwrap_model(model)
+    metadata = getattr(state_dict, '_metadata', None)
+    state = OrderedDict((re.sub(r'^module\.', '', k), v)
+                        for k, v in state_dict.items())
+    if metadata is not None:
+        state._metadata = metadata
+    missing: List[str] = []
+    unexpected: List[str] = []
+    errors: List[str] = []
+
+    def load(module, local, prefix=''):  # torch's own recursion
+        meta = {} if metadata is None else metadata.get(prefix[:-1], {})
+        module._load_from_state_dict(local, prefix, meta, True, missing,
+                                     unexpected, errors)
+        for name, child in module._modules.items():
+            if child is not None:
+                sub = prefix + name + '.'
+                load(child, {k: v for k, v in local.items()
+                             if k.startswith(sub)}, sub)
+        keys = torch.nn.modules.module._IncompatibleKeys(missing, unexpected)
+        for hook in module._load_state_dict_post_hooks.values():
+            hook(module, keys)
+
+    load(model, state)
+    missing = [k for k in missing if not k.endswith('num_batches_tracked')
+               and not _not_weights(k)]
+    unexpected = [k for k in unexpected if not _not_weights(k)]
+    mismatched = []
+    for msg in errors:
+        m = _SIZE_RE.search(msg)
+        if m:
+            if not _not_weights(m.group(1)):
+                mismatched.append(
+                    f'{m.group(1)} {tuple(_shape(m.group(2)))} in the '
+                    f'checkpoint vs {tuple(_shape(m.group(3)))} in the '
+                    'model')
+        else:
+            mismatched.append(' '.join(msg.split())[:200])
+    report = dict(missing=missing, unexpected=unexpected,
+                  mismatched=mismatched)
+    if missing or unexpected or mismatched:
+        parts = [f'{len(v)} {name} ({_shown(v)})' for name, v in (
+            ('missing', missing), ('unexpected', unexpected),
+            ('with another shape', mismatched)) if v]
+        message = (f'{source} does not fit the model of the config: '
+                   + '; '.join(parts))
+        if strict:
+            raise CheckpointError(
+                message + '. Use the config the checkpoint was trained '
+                'with (tools/test.py --non-strict evaluates what fits)')
+        warnings.warn(message + '; loaded what fits (non-strict), the rest '
+                      'keeps its initial values')
+    return report
+
+
+def _shape(text: str) -> List[int]:
+    """``'[10, 128]'`` -> ``[10, 128]``."""
+    return [int(t) for t in re.findall(r'\d+', text)]

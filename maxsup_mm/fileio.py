@@ -13,11 +13,13 @@ import contextlib
 import json
 import os
 import os.path as osp
+import signal
 import tempfile
+import threading
 from typing import IO, Any, Callable, Iterator
 
 __all__ = ['atomic_write', 'atomic_save', 'atomic_write_text',
-           'atomic_write_json']
+           'atomic_write_json', 'exit_on_sigterm']
 
 
 def _umask() -> int:
@@ -83,3 +85,19 @@ def atomic_write_json(path: str, obj: Any, **dump_kwargs) -> None:
     with atomic_write(path, 'w') as f:
         json.dump(obj, f, **dump_kwargs)
         f.write('\n')
+
+
+def _sigterm(signum, frame):
+    raise SystemExit(128 + signum)
+
+
+def exit_on_sigterm() -> None:
+    """Turn SIGTERM into ``SystemExit(143)`` (command-line tools call this).
+
+    Python's default for SIGTERM ends the process at once, so the cleanup of
+    :func:`atomic_write` (removing its temporary file) would not run; as an
+    exception it does, like ``KeyboardInterrupt`` for SIGINT.  Only the main
+    thread can install signal handlers; elsewhere this does nothing.
+    """
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _sigterm)

@@ -9,6 +9,7 @@ iteration and one validation step on generated data in the real on-disk
 format (ImageNet folders; CIFAR-100's python pickles).  Sibling configs of
 one paper table must differ only in the method keys.
 """
+import argparse
 import copy
 import functools
 import os
@@ -413,3 +414,74 @@ def test_readme_recipes_table_lists_every_config():
                         text, re.S).group(1)
     for rel in CONFIGS:
         assert f'configs/{rel}' in section, rel
+
+
+# ---------------------------------------------------------------------------
+# the README's CPU smoke run (issue 13 item 19)
+# ---------------------------------------------------------------------------
+#: one config per family (folder); the DeiT-Small ones schedule warm-up
+SMOKE_FAMILIES = [
+    'resnet/resnet18_8xb256-coslr-200e_in1k.py',
+    'mobilenet_v2/mobilenet-v2_8xb64-steplr-90e_in1k.py',
+    'cifar100/resnet18_1xb128-200e-maxsup_cifar100.py',
+    'deit-small_maxsup.py',
+    'ablation/deit-small_8xb128-nomix-ls-reg_in1k.py',
+    'alpha_schedule/deit-small_8xb128-nomix-maxsup-sched_in1k.py']
+
+
+def readme_smoke_overrides():
+    """``(common, deit)``: the ``--cfg-options`` of the README's CPU smoke
+    run, for every config and the extra ones of the DeiT-Small configs."""
+    text = open(osp.join(ROOT, 'README.md')).read()
+    block = re.search(r'<!-- cpu-smoke-run -->(.*)<!-- /cpu-smoke-run -->',
+                      text, re.S).group(1)
+    codes = re.findall(r'```bash\n(.*?)```', block, re.S)
+    assert len(codes) == 2, codes
+    common, deit = (re.findall(r'(?<!\S)([\w.]+=\S+)', c) for c in codes)
+    assert 'tools/train.py CONFIG' in codes[0]
+    return common, deit
+
+
+def _is_deit(rel):
+    return 'deit' in rel
+
+
+@pytest.mark.parametrize('rel', SMOKE_FAMILIES)
+def test_readme_cpu_smoke_run(rel, small_imagenet_root, cifar100_root,
+                              fast_runner, tmp_path):
+    """The README's overrides, through tools/train.py's config path, run
+    (the schedulers are built) and train one iteration; without the DeiT
+    line a DeiT-Small config is refused for its 5 warm-up epochs."""
+    from mmengine.config import DictAction
+
+    from maxsup_mm.apis import build_runner, prepare_train_cfg
+    common, deit = readme_smoke_overrides()
+    assert 'train_cfg.max_epochs=1' in common
+    is_cifar = _fromfile(rel).train_dataloader.dataset.type == 'CIFAR100'
+    root = cifar100_root if is_cifar else small_imagenet_root
+    plumbing = [f'{s}_dataloader.dataset.data_root={root}'
+                for s in ('train', 'val', 'test')] + [
+        'log_level=WARNING', 'randomness.seed=0',
+        f'experiment_name=smoke_{rel.replace("/", "_")}']
+    parser = argparse.ArgumentParser()
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction)
+
+    def runner(options):
+        opts = parser.parse_args(['--cfg-options', *options]).cfg_options
+        cfg = prepare_train_cfg(osp.join(CONFIG_DIR, rel),
+                                work_dir=str(tmp_path), cfg_options=opts)
+        return build_runner(cfg)
+
+    if _is_deit(rel):
+        with pytest.raises(ValueError, match='end should be larger than '
+                           'begin, but got begin=5, end=1'):
+            runner(common + plumbing).train()
+    options = common + (deit if _is_deit(rel) else []) + plumbing
+    run = runner(options)
+    stop = _stop_hook()
+    run.register_hook(stop)
+    with pytest.raises(_StopTraining):
+        run.train()
+    assert np.isfinite(stop.outputs['loss'])
+    assert len(run.train_dataloader.dataset) <= 8  # indices=8
+    assert run.max_epochs == 1

@@ -441,3 +441,75 @@ def test_maxsup_loss_config():
     assert cfg.model.auxiliary_head.loss_decode.type == 'CrossEntropyLoss'
     assert cfg.model.pretrained.endswith('_maxsup_mmseg.pth')
     assert 'maxsup_mm' in cfg.custom_imports.imports
+
+
+# ---------------------------------------------------------------------------
+# issue 13 item 7: non-finite weights; item 17: messages that suggest the fix
+# ---------------------------------------------------------------------------
+def test_non_finite_weights_are_refused(deit_ckpt, tmp_path, capsys):
+    src, _ = deit_ckpt
+    ckpt = torch.load(src, weights_only=True)
+    sd = dict(ckpt['state_dict'])
+    qkv = 'backbone.layers.3.attn.qkv.weight'
+    sd[qkv] = sd[qkv].clone()
+    sd[qkv][5, 7] = float('nan')
+    sd['head.layers.head.bias'] = torch.full_like(sd['head.layers.head.bias'],
+                                                  float('-inf'))
+    bad = str(tmp_path / 'diverged.pth')
+    torch.save(dict(ckpt, state_dict=sd), bad)
+    dst = str(tmp_path / 'out.pth')
+    with pytest.raises(ConversionError, match=r'2 tensor\(s\) hold NaN or '
+                       rf'infinity .*: {qkv}, head.layers.head.bias'):
+        convert_mmpretrain_to_mmseg(bad, dst, log=None)
+    path = osp.join(ROOT, 'tools', 'model_converters', 'mmpretrain2mmseg.py')
+    spec = importlib.util.spec_from_file_location('mmpretrain2mmseg_nan',
+                                                  path)
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    assert tool.main([bad, dst]) == 1
+    assert qkv in capsys.readouterr().err
+    _assert_nothing_written(str(tmp_path), dst)
+
+
+def _hint(src, dst, config=None):
+    with pytest.raises(ConversionError) as err:
+        convert_mmpretrain_to_mmseg(src, dst, config=config, log=None)
+    hints = [line for line in str(err.value).splitlines()
+             if line.strip().startswith('hint:')]
+    assert hints, str(err.value)
+    return ' '.join(hints)
+
+
+def test_mismatch_messages_suggest_the_fix(deit_ckpt, resnet_ckpts,
+                                           tmp_path):
+    dst = str(tmp_path / 'out.pth')
+    # a CIFAR-stem ResNet: only mmpretrain's ResNet_CIFAR has that stem
+    cifar = _classifier(dict(type='mmpretrain.ResNet_CIFAR', depth=18,
+                             stem_channels=16, base_channels=16), 128)
+    src = _save(cifar, tmp_path / 'cifar.pth')
+    hint = _hint(src, dst)
+    assert "type='mmpretrain.ResNet_CIFAR', depth=18, stem_channels=16, " \
+        'base_channels=16' in hint
+    assert 'upernet_resnet18-tiny_1xb8-digit-scenes-32x32.py' in hint
+    # ... and with that config it converts
+    quickstart = osp.join(ROOT, 'configs', 'quickstart',
+                          'upernet_resnet18-tiny_1xb8-digit-scenes-32x32.py')
+    convert_mmpretrain_to_mmseg(src, dst, config=quickstart, log=None)
+    os.remove(dst)
+    # deep stem (ResNetV1c) into a plain-stem config, and the reverse
+    v1c, _ = resnet_ckpts['ResNetV1c']
+    assert "model.backbone.type='ResNetV1c'" in _hint(v1c, dst, R50_CFG)
+    r50, _ = resnet_ckpts['ResNet']
+    assert "model.backbone.type='ResNet'" in _hint(r50, dst, R50_V1C_BASE)
+    # another depth
+    r101 = tmp_path / 'r101.py'
+    r101.write_text(f'_base_ = {R50_CFG!r}\n'
+                    'model = dict(backbone=dict(depth=101))\n')
+    assert 'depth=50' in _hint(r50, dst, str(r101))
+    # DeiT-Small into mmseg's ViT-B: name the architecture and its config
+    src, _ = deit_ckpt
+    hint = _hint(src, dst, 'mmseg::vit/'
+                 'vit_vit-b16_mln_upernet_8xb2-80k_ade20k-512x512.py')
+    assert 'DeiT-Small' in hint and 'embed_dims=384' in hint
+    assert 'upernet_deit-s16_ce-pre_8xb2-80k_ade20k-512x512.py' in hint
+    _assert_nothing_written(str(tmp_path), dst)

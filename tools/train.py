@@ -17,6 +17,7 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 from mmengine.config import DictAction  # noqa: E402
 
 from maxsup_mm.apis import train_model  # noqa: E402
+from maxsup_mm.checkpoint import CheckpointError  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -48,10 +49,18 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    train_model(args.config, work_dir=args.work_dir, resume=args.resume,
-                cfg_options=args.cfg_options, amp=args.amp,
-                no_validate=args.no_validate,
-                auto_scale_lr=args.auto_scale_lr, launcher=args.launcher)
+    resume = args.resume
+    if resume not in (None, 'auto') and '://' not in resume \
+            and not osp.isfile(resume):
+        raise SystemExit(f'train.py: error: --resume: checkpoint not found: '
+                         f'{resume}')
+    try:
+        train_model(args.config, work_dir=args.work_dir, resume=resume,
+                    cfg_options=args.cfg_options, amp=args.amp,
+                    no_validate=args.no_validate,
+                    auto_scale_lr=args.auto_scale_lr, launcher=args.launcher)
+    except CheckpointError as err:  # unsafe, corrupt or non-finite
+        raise SystemExit(f'train.py: error: {err}')
 
 
 if __name__ == '__main__':

@@ -2,10 +2,17 @@
 
 Every tool takes ``CONFIG CHECKPOINT`` (or, for ``compare.py``, several
 ``[NAME=]CONFIG:CHECKPOINT`` runs) and the options below, and writes its
-figures plus a ``report.md`` and ``metrics.json`` to ``--out``.
+figures plus a ``report.md`` and ``metrics.json`` to ``--out``.  User
+errors (an unsafe, corrupt, non-finite or non-fitting checkpoint, a missing
+file, a split too small for the probe) end the tool with one ``error:`` line
+and exit code 1; SIGTERM ends it like Ctrl-C (no partial output files).
 """
 import argparse
+import os.path as osp
 from typing import Optional, Sequence
+
+from maxsup_mm.checkpoint import CheckpointError
+from maxsup_mm.fileio import exit_on_sigterm
 
 from .report import ANALYSES, RunSpec, compare, parse_run_spec
 
@@ -50,6 +57,10 @@ def _add_common(parser: argparse.ArgumentParser, analyses: Sequence[str]):
         parser.add_argument('--probe-train-split', default='train')
         parser.add_argument('--probe-test-split', default=None,
                             help='default: --split')
+        parser.add_argument('--holdout', type=float, default=0.2,
+                            help='fraction of the probe\'s train split held '
+                            'out (stratified: every class on both sides) '
+                            'to choose the regularisation strength C')
     if 'calibration' in analyses:
         parser.add_argument('--bins', type=int, default=15,
                             help='calibration bins')
@@ -97,7 +108,6 @@ def build_parser(analyses: Sequence[str], description: str,
 
 
 def _run(args, runs, analyses, title):
-    import os.path as osp
     out = args.out
     if out is None:
         out = osp.join(osp.dirname(osp.abspath(runs[0].checkpoint)),
@@ -117,7 +127,8 @@ def _run(args, runs, analyses, title):
     if 'probe_config' in opt:
         kwargs.update(probe_cfg=args.probe_config,
                       probe_train_split=args.probe_train_split,
-                      probe_test_split=args.probe_test_split)
+                      probe_test_split=args.probe_test_split,
+                      probe_holdout=args.holdout)
     if 'bins' in opt:
         kwargs.update(n_bins=args.bins)
     if 'classes' in opt:
@@ -127,14 +138,20 @@ def _run(args, runs, analyses, title):
         kwargs.update(gradcam_images=args.num_images,
                       gradcam_target=args.target,
                       gradcam_layers=args.target_layers)
-    return compare(runs, out, **kwargs)
+    exit_on_sigterm()
+    try:
+        return compare(runs, out, **kwargs)
+    except (CheckpointError, FileNotFoundError, ValueError) as err:
+        raise SystemExit(f'{args.prog}: error: {err}')
 
 
 def main_single(analyses: Sequence[str], description: str,
                 argv: Optional[Sequence[str]] = None,
                 title: str = 'Analysis report') -> str:
     """Entry point of a single-checkpoint tool; returns the report path."""
-    args = build_parser(analyses, description).parse_args(argv)
+    parser = build_parser(analyses, description)
+    args = parser.parse_args(argv)
+    args.prog = parser.prog
     name = args.name or parse_run_spec(
         f'{args.config}:{args.checkpoint}').name
     return _run(args, [RunSpec(name, args.config, args.checkpoint)],
@@ -144,6 +161,8 @@ def main_single(analyses: Sequence[str], description: str,
 def main_compare(description: str,
                  argv: Optional[Sequence[str]] = None) -> str:
     """Entry point of ``tools/analysis/compare.py``."""
-    args = build_parser(ANALYSES, description, multi=True).parse_args(argv)
+    parser = build_parser(ANALYSES, description, multi=True)
+    args = parser.parse_args(argv)
+    args.prog = parser.prog
     runs = [parse_run_spec(s) for s in args.runs]
     return _run(args, runs, args.analyses, 'Comparison report')

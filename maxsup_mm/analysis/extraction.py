@@ -15,21 +15,23 @@ import json
 import os
 import os.path as osp
 import sys
-import warnings
+import zipfile
 from typing import Dict, Optional, Union
 
 import numpy as np
 import torch
 import torch.nn as nn
 
-from maxsup_mm.checkpoint import load_checkpoint
+from maxsup_mm.checkpoint import (CheckpointError, check_finite,
+                                  load_checkpoint, load_state_dict_checked)
+from maxsup_mm.fileio import atomic_write
 
 __all__ = ['extract_features', 'load_analysis_config', 'build_classifier',
            'load_weights', 'build_split_dataset', 'find_classifier_layer',
            'unpack_batch_images', 'CACHE_VERSION']
 
 #: bump when the content of the cache files changes
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 SPLITS = ('train', 'val', 'test')
 
 
@@ -55,11 +57,14 @@ def load_analysis_config(cfg, cfg_options: Optional[dict] = None):
 
 
 def load_weights(model: nn.Module, checkpoint: str) -> dict:
-    """Load a checkpoint's ``state_dict`` into ``model`` safely.
+    """Load a checkpoint's ``state_dict`` into ``model``, strictly.
 
     Uses :func:`maxsup_mm.checkpoint.load_checkpoint` (``weights_only``
-    with an allowlist of benign types) and fails loudly when model weights
-    are missing, so a wrong checkpoint cannot silently give a random model.
+    with an allowlist of benign types) and refuses, with one
+    :class:`~maxsup_mm.checkpoint.CheckpointError` line, NaN / Inf tensors
+    and a checkpoint that does not fit the model (missing or unexpected
+    keys, other shapes: :func:`~maxsup_mm.checkpoint.load_state_dict_checked`),
+    so a wrong checkpoint cannot silently give a random model.
 
     Returns:
         dict: the loaded checkpoint.
@@ -67,19 +72,10 @@ def load_weights(model: nn.Module, checkpoint: str) -> dict:
     ckpt = load_checkpoint(checkpoint)
     state = ckpt.get('state_dict', ckpt) if isinstance(ckpt, dict) else None
     if not isinstance(state, dict):
-        raise ValueError(f'{checkpoint} has no state_dict')
-    state = {(k[7:] if k.startswith('module.') else k): v
-             for k, v in state.items()}
-    result = model.load_state_dict(state, strict=False)
-    missing = [k for k in result.missing_keys
-               if not k.startswith('data_preprocessor')]
-    if missing:
-        raise ValueError(f'{checkpoint} does not fit the model: '
-                         f'{len(missing)} missing weights, e.g. {missing[:5]}')
-    if result.unexpected_keys:
-        warnings.warn(f'{checkpoint}: {len(result.unexpected_keys)} '
-                      f'unexpected keys ignored, e.g. '
-                      f'{result.unexpected_keys[:5]}')
+        raise CheckpointError(f'{checkpoint}: no state_dict (got '
+                              f'{type(ckpt).__name__})')
+    check_finite(state, checkpoint)
+    load_state_dict_checked(model, state, checkpoint, strict=True)
     return ckpt
 
 
@@ -177,7 +173,7 @@ def unpack_batch_images(inputs, to_rgb: bool) -> np.ndarray:
 def _file_id(path: str) -> dict:
     st = os.stat(path)
     return dict(path=osp.abspath(path), size=st.st_size,
-                mtime=int(st.st_mtime))
+                mtime_ns=st.st_mtime_ns)
 
 
 def _cfg_text(cfg) -> str:
@@ -196,6 +192,32 @@ def _cache_key(cfg, checkpoint, split, max_samples, seed, data_cfg=None
                            max_samples=max_samples, seed=seed,
                            version=CACHE_VERSION), sort_keys=True)
     return hashlib.sha1(blob.encode()).hexdigest()[:12]
+
+
+def _read_cache(path: str, key: str) -> Optional[dict]:
+    """The arrays of ``path`` if it was written for ``key``, else None.
+
+    A file written for another checkpoint, config, split or sampling (or by
+    an older version) is not used: it is recomputed and overwritten.
+    """
+    if not osp.isfile(path):
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            out = {k: data[k] for k in data.files}
+    except (OSError, ValueError, zipfile.BadZipFile) as err:
+        stored, reason = None, f'unreadable ({type(err).__name__})'
+    else:
+        stored = str(out.pop('cache_key', ''))
+        reason = 'written for another checkpoint, config, split or ' \
+            'sampling' if stored else 'written without a cache key'
+    if stored != key:
+        print(f'[analysis] {path}: {reason}; extracting again and '
+              'overwriting it', file=sys.stderr, flush=True)
+        return None
+    out['classes'] = [str(c) for c in out['classes']]
+    out['cache_path'] = path
+    return out
 
 
 def _progress(total: int, enabled: bool):
@@ -237,7 +259,9 @@ def extract_features(cfg,
             ``<cache_dir>/<checkpoint name>_<split>_<key>.npz`` where the
             key hashes the config, the checkpoint file (path, size, mtime),
             the split and the sampling; a string is an explicit ``.npz``
-            path; ``False`` disables caching.
+            path.  Either file stores the key (``cache_key``) and is reused
+            only when it matches; otherwise it is recomputed and
+            overwritten (atomically).  ``False`` disables caching.
         cache_dir (str, optional): default ``<checkpoint dir>/analysis_cache``.
         max_samples (int, optional): analyse a random subset of this size
             (drawn with ``seed``; e.g. the ImageNet train split).
@@ -260,23 +284,20 @@ def extract_features(cfg,
     if max_samples is not None and max_samples < 1:
         raise ValueError(f'max_samples must be >= 1, got {max_samples}')
 
-    cache_path = None
+    cache_path = key = None
     if cache:
+        key = _cache_key(cfg, checkpoint, split, max_samples, seed,
+                         None if data_cfg is None else dcfg)
         if isinstance(cache, str):
             cache_path = cache
         else:
             folder = cache_dir or osp.join(
                 osp.dirname(osp.abspath(checkpoint)), 'analysis_cache')
             stem = osp.splitext(osp.basename(checkpoint))[0]
-            key = _cache_key(cfg, checkpoint, split, max_samples, seed,
-                             None if data_cfg is None else dcfg)
             cache_path = osp.join(folder, f'{stem}_{split}_{key}.npz')
-        if osp.isfile(cache_path):
-            with np.load(cache_path, allow_pickle=False) as data:
-                out = {k: data[k] for k in data.files}
-            out['classes'] = [str(c) for c in out['classes']]
-            out['cache_path'] = cache_path
-            return out
+        cached = _read_cache(cache_path, key)
+        if cached is not None:
+            return cached
 
     model = build_classifier(cfg, checkpoint, device)
     dev = next(model.parameters()).device
@@ -334,11 +355,9 @@ def extract_features(cfg,
                      np.zeros(num_classes, np.float32)),
                classes=classes)
     if cache_path:
-        os.makedirs(osp.dirname(osp.abspath(cache_path)), exist_ok=True)
-        tmp = cache_path + '.tmp.npz'
-        np.savez_compressed(tmp, **{k: (np.asarray(v, dtype=str)
-                                        if k == 'classes' else v)
-                                    for k, v in out.items()})
-        os.replace(tmp, cache_path)
+        with atomic_write(cache_path, 'wb') as f:
+            np.savez_compressed(f, cache_key=np.asarray(key), **{
+                k: (np.asarray(v, dtype=str) if k == 'classes' else v)
+                for k, v in out.items()})
     out['cache_path'] = cache_path
     return out

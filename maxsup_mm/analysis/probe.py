@@ -12,7 +12,7 @@ from typing import Dict, Optional, Sequence, Union
 
 import numpy as np
 
-__all__ = ['linear_probe', 'DEFAULT_CS']
+__all__ = ['linear_probe', 'stratified_holdout', 'DEFAULT_CS']
 
 #: inverse regularisation strengths tried (scikit-learn's ``C``)
 DEFAULT_CS = tuple(float(c) for c in np.logspace(-4, 4, 9))
@@ -30,6 +30,45 @@ def _fit(x, y, c, max_iter, seed):
     return clf
 
 
+def stratified_holdout(labels, holdout: float = 0.2, seed: int = 0):
+    """Split sample indices into a fit part and a held-out part, per class.
+
+    Every class keeps at least one sample on each side: a class with ``n``
+    samples puts ``round(holdout * n)``, clipped to ``[1, n - 1]``, of them
+    (drawn with ``seed``) in the held-out part.
+
+    Args:
+        labels (array-like): ``(N,)`` class labels.
+        holdout (float): fraction held out, in ``(0, 1)``.
+        seed (int): seed of the draw.
+
+    Returns:
+        tuple: sorted ``(fit_indices, holdout_indices)``.
+
+    Raises:
+        ValueError: a class with fewer than two samples (it cannot be on
+            both sides), naming it.
+    """
+    labels = np.asarray(labels)
+    classes, counts = np.unique(labels, return_counts=True)
+    small = classes[counts < 2]
+    if len(small):
+        raise ValueError(
+            f'linear probe: the train split is too small to hold out a part '
+            f'for choosing C: {len(small)} of its {len(classes)} classes '
+            f'have a single sample (e.g. class {small[0]}), and every class '
+            f'needs one sample to fit and one to score ({len(labels)} '
+            'samples in all); use a larger train split')
+    rng = np.random.default_rng(seed)
+    fit, held = [], []
+    for c, n in zip(classes, counts):
+        rows = rng.permutation(np.flatnonzero(labels == c))
+        k = int(np.clip(np.rint(holdout * n), 1, n - 1))
+        held.append(rows[:k])
+        fit.append(rows[k:])
+    return np.sort(np.concatenate(fit)), np.sort(np.concatenate(held))
+
+
 def linear_probe(train_features,
                  train_labels,
                  test_features,
@@ -44,9 +83,10 @@ def linear_probe(train_features,
     """L2-regularised multinomial logistic regression on frozen features.
 
     Each ``C`` in ``Cs`` is fit on ``1 - holdout`` of the train split and
-    scored on the held-out rest (a stratified split); the best ``C`` (ties:
-    the strongest regularisation) is refit on the whole train split and
-    scored on the test split.
+    scored on the held-out rest (:func:`stratified_holdout`: every class on
+    both sides, so every class needs two train samples); the best ``C``
+    (ties: the strongest regularisation) is refit on the whole train split
+    and scored on the test split.
 
     Args:
         train_features (array-like): ``(N, D)`` features of the train split.
@@ -70,8 +110,8 @@ def linear_probe(train_features,
     Returns:
         dict: ``accuracy`` (test split), ``C`` (chosen),
         ``holdout_accuracy`` (``{C: accuracy}``), ``train_accuracy``,
-        ``num_train``, ``num_test`` and ``not_converged`` (the Cs whose
-        held-out fit hit ``max_iter``).
+        ``num_train``, ``num_test``, ``num_holdout`` and ``not_converged``
+        (the Cs whose held-out fit hit ``max_iter``).
     """
     xtr = np.asarray(train_features, dtype=np.float64)
     ytr = np.asarray(train_labels)
@@ -103,14 +143,9 @@ def linear_probe(train_features,
 
 
 def _probe(xtr, ytr, xte, yte, Cs, holdout, standardize, max_iter, seed):
-    from sklearn.model_selection import train_test_split
     from sklearn.preprocessing import StandardScaler
 
-    counts = np.unique(ytr, return_counts=True)[1]
-    stratify = ytr if counts.min() >= 2 else None
-    fit_idx, val_idx = train_test_split(
-        np.arange(len(ytr)), test_size=holdout, random_state=seed,
-        stratify=stratify)
+    fit_idx, val_idx = stratified_holdout(ytr, holdout, seed)
 
     def scaled(fit_rows, *others):
         if not standardize:
@@ -133,4 +168,4 @@ def _probe(xtr, ytr, xte, yte, Cs, holdout, standardize, max_iter, seed):
                 C=best_c, holdout_accuracy=scores,
                 train_accuracy=float((clf.predict(xall) == ytr).mean()),
                 num_train=int(len(ytr)), num_test=int(len(yte)),
-                not_converged=not_converged)
+                num_holdout=int(len(val_idx)), not_converged=not_converged)

@@ -7,7 +7,6 @@ method name (e.g. several seeds of MaxSup) are aggregated: tables show
 and reliability diagrams pool the runs' samples, and the projection and
 Grad-CAM figures show the first run of each method.
 """
-import json
 import os
 import os.path as osp
 import re
@@ -15,6 +14,8 @@ from collections import OrderedDict
 from typing import Dict, List, NamedTuple, Optional, Sequence
 
 import numpy as np
+
+from maxsup_mm.fileio import atomic_write_json, atomic_write_text
 
 from .calibration import expected_calibration_error, reliability_bins, softmax
 from .extraction import extract_features
@@ -145,6 +146,7 @@ def compare(runs,
             probe_cfg=None,
             probe_train_split: str = 'train',
             probe_test_split: Optional[str] = None,
+            probe_holdout: float = 0.2,
             separation_method: str = 'auto',
             separation_pairs: int = 200_000,
             n_bins: int = 15,
@@ -178,6 +180,8 @@ def compare(runs,
         probe_train_split (str): split the probe is fit on.
         probe_test_split (str, optional): split it is scored on; default
             ``split``.
+        probe_holdout (float): fraction of the probe's train split held
+            out to choose C (see :func:`linear_probe`).
         separation_method (str): see :func:`class_separation`.
         separation_pairs (int): pairs of the sampled estimator.
         n_bins (int): calibration bins.
@@ -263,7 +267,8 @@ def compare(runs,
                 ptr = extract(run, probe_train_split, probe_cfg)
                 pte = extract(run, probe_test_split or split, probe_cfg)
             m['probe'] = linear_probe(ptr['features'], ptr['labels'],
-                                      pte['features'], pte['labels'])
+                                      pte['features'], pte['labels'],
+                                      holdout=probe_holdout)
         if 'logits' in analyses:
             m['logits'] = logit_statistics(logits, labels)
             components.setdefault(run.name, []).append(
@@ -367,17 +372,16 @@ def compare(runs,
                 {name: notes[name]}))
             for name, ov in overlays.items())
 
-    with open(osp.join(out_dir, 'metrics.json'), 'w') as f:
-        json.dump([dict(name=r.name, config=str(r.cfg),
-                        checkpoint=r.checkpoint, split=split, metrics=m)
-                   for r, m in zip(runs, metrics)], f, indent=2,
-                  default=_json_default)
+    atomic_write_json(
+        osp.join(out_dir, 'metrics.json'),
+        [dict(name=r.name, config=str(r.cfg), checkpoint=r.checkpoint,
+              split=split, metrics=m) for r, m in zip(runs, metrics)],
+        default=_json_default)
     path = osp.join(out_dir, 'report.md')
-    with open(path, 'w') as f:
-        f.write(_render(title, runs, groups, metrics, figures, analyses,
-                        split, train_split, probe_cfg, probe_train_split,
-                        probe_test_split or split, n_bins, classes_names,
-                        out_dir))
+    atomic_write_text(path, _render(
+        title, runs, groups, metrics, figures, analyses, split, train_split,
+        probe_cfg, probe_train_split, probe_test_split or split, n_bins,
+        classes_names, out_dir, probe_holdout))
     if progress:
         print(f'[analysis] report written to {path}', flush=True)
     return path
@@ -410,7 +414,7 @@ def _side_by_side(images: Dict[str, str], out_dir: str) -> List[str]:
 
 def _render(title, runs, groups, metrics, figures, analyses, split,
             train_split, probe_cfg, probe_train, probe_test, n_bins,
-            class_names, out_dir) -> str:
+            class_names, out_dir, probe_holdout=0.2) -> str:
     def col(name, getter, scale=1.0, digits=4):
         vals = []
         for i in groups[name]:
@@ -495,7 +499,8 @@ def _render(title, runs, groups, metrics, figures, analyses, split,
         lines += ['## Linear probe', '',
                   'L2-regularised multinomial logistic regression on frozen '
                   f'penultimate features ({data}): fit on `{probe_train}`, '
-                  'C chosen on a held-out 20% of it, scored on '
+                  f'C chosen on a held-out {probe_holdout:.0%} of it '
+                  '(every class on both sides), scored on '
                   f'`{probe_test}` (the protocol of Table 3).', '',
                   '| method | runs | probe accuracy (%) | chosen C |',
                   '| --- | ---: | ---: | ---: |']

@@ -30,6 +30,8 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from maxsup_mm.fileio import atomic_write_json, atomic_write_text
+
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 #: method name -> classification config (siblings that differ in the loss)
@@ -88,10 +90,7 @@ def _done(path: str) -> Optional[dict]:
 
 
 def _write_json(path: str, obj) -> None:
-    tmp = path + '.tmp'
-    with open(tmp, 'w') as f:
-        json.dump(obj, f, indent=2)
-    os.replace(tmp, path)
+    atomic_write_json(path, obj)
 
 
 def _data_roots(root: str) -> dict:
@@ -314,9 +313,7 @@ def write_report(s: StudySettings, per_run: List[dict], analysis_md: str,
                      f"`{run['checkpoint']}` | "
                      f"{'n/a' if miou is None else f'{miou:.2f}'} |")
     path = osp.join(s.work_dir, 'report.md')
-    with open(path + '.tmp', 'w') as f:
-        f.write('\n'.join(lines) + '\n')
-    os.replace(path + '.tmp', path)
+    atomic_write_text(path, '\n'.join(lines) + '\n')
     return path
 
 

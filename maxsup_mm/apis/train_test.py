@@ -1,7 +1,15 @@
 """Train and test entry points shared by ``tools/`` and the quickstart."""
+import pickle
 from typing import Optional
 
 from mmengine.config import Config
+from mmengine.evaluator import DumpResults
+from mmengine.hooks import Hook
+from mmengine.logging import print_log
+
+from maxsup_mm.checkpoint import (CheckpointError, check_finite,
+                                  load_state_dict_checked)
+from maxsup_mm.fileio import atomic_write
 
 from .runner_utils import (add_default_hooks, build_runner, default_work_dir,
                            load_config)
@@ -67,7 +75,9 @@ def prepare_test_cfg(config: str,
                      work_dir: Optional[str] = None,
                      tta: bool = False,
                      cfg_options: Optional[dict] = None,
-                     launcher: str = 'none') -> Config:
+                     launcher: str = 'none',
+                     show_dir: Optional[str] = None,
+                     show_interval: int = 1) -> Config:
     """Load a config for evaluating ``checkpoint`` (``tools/test.py``).
 
     Args:
@@ -78,6 +88,11 @@ def prepare_test_cfg(config: str,
             and ``tta_pipeline`` (mmseg: multi-scale + flip).
         cfg_options (dict, optional): overrides, as ``--cfg-options``.
         launcher (str): job launcher.
+        show_dir (str, optional): save painted predictions here, as
+            mmpretrain's (``VisualizationHook.out_dir``) and mmseg's
+            (``visualizer.save_dir``) ``tools/test.py --show-dir`` do.
+        show_interval (int): paint every n-th sample (mmpretrain) / batch
+            (mmseg), as mmpretrain's ``--interval``.
     """
     cfg = load_config(config, cfg_options, launcher)
     if work_dir is not None:
@@ -85,6 +100,8 @@ def prepare_test_cfg(config: str,
     elif cfg.get('work_dir', None) is None:
         cfg.work_dir = default_work_dir(config)
     cfg.load_from = checkpoint
+    if show_dir is not None:
+        _enable_visualization(cfg, config, show_dir, show_interval)
     if tta:
         if 'tta_model' not in cfg or 'tta_pipeline' not in cfg:
             raise ValueError(f'tta: {config} defines no tta_model / '
@@ -95,11 +112,92 @@ def prepare_test_cfg(config: str,
     return cfg
 
 
-def evaluate_checkpoint(config: str, checkpoint: str, **kwargs) -> dict:
+def _enable_visualization(cfg: Config, config: str, show_dir: str,
+                          interval: int) -> None:
+    hooks = cfg.get('default_hooks', None) or {}
+    if 'visualization' not in hooks:
+        raise ValueError(f'--show-dir: {config} has no '
+                         'default_hooks.visualization (add '
+                         "visualization=dict(type='VisualizationHook') or, "
+                         "for mmseg, type='SegVisualizationHook')")
+    vis = hooks['visualization']
+    vis['interval'] = interval
+    if cfg.get('default_scope', 'mmpretrain') == 'mmseg':
+        vis['draw'] = True
+        cfg.visualizer['save_dir'] = show_dir
+    else:
+        vis['enable'] = True
+        vis['out_dir'] = show_dir
+
+
+class _CheckLoadedWeights(Hook):
+    """Refuse to score a checkpoint that does not fit the model.
+
+    Runs after the runner has read the checkpoint and before mmengine loads
+    it (non-strictly): non-finite tensors and, unless ``strict`` is False,
+    missing / unexpected keys and shape mismatches stop the test with one
+    :class:`~maxsup_mm.checkpoint.CheckpointError` line.
+    """
+    priority = 'LOWEST'
+
+    def __init__(self, source: str, strict: bool = True):
+        self.source, self.strict = source, strict
+
+    def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
+        state = checkpoint.get('state_dict', checkpoint) \
+            if isinstance(checkpoint, dict) else None
+        if not isinstance(state, dict):
+            raise CheckpointError(f'{self.source}: no state_dict (got '
+                                  f'{type(checkpoint).__name__})')
+        check_finite(state, self.source)
+        load_state_dict_checked(runner.model, state, self.source,
+                                strict=self.strict)
+
+
+class PredictionDump(DumpResults):
+    """mmengine's ``DumpResults`` (what mmpretrain's ``tools/test.py --out``
+    appends), written atomically.  mmseg's per-pixel ``seg_logits`` (K
+    floats per pixel, ~200 MB per ADE20K image) are left out; the dumped
+    ``pred_sem_seg`` holds the predicted classes."""
+
+    #: prediction fields not dumped
+    DROP = ('seg_logits', )
+
+    def process(self, data_batch, predictions) -> None:
+        super().process(data_batch, [
+            {k: v for k, v in p.items() if k not in self.DROP}
+            if isinstance(p, dict) else p for p in predictions])
+
+    def compute_metrics(self, results: list) -> dict:
+        with atomic_write(self.out_file_path, 'wb') as f:
+            pickle.dump(results, f)
+        print_log(f'Results has been saved to {self.out_file_path}.',
+                  logger='current')
+        return {}
+
+
+def evaluate_checkpoint(config: str, checkpoint: str, strict: bool = True,
+                        dump_predictions: Optional[str] = None,
+                        **kwargs) -> dict:
     """Evaluate ``checkpoint``; keyword arguments as :func:`prepare_test_cfg`.
+
+    The checkpoint must fit the config's model (every key, every shape, no
+    NaN/Inf), else :class:`~maxsup_mm.checkpoint.CheckpointError`; a
+    partly loaded network would give the metrics of a partly random one.
+
+    Args:
+        config (str): config file path.
+        checkpoint (str): checkpoint to evaluate.
+        strict (bool): ``False`` loads what fits and warns.
+        dump_predictions (str, optional): a ``.pkl`` file that receives
+            every sample's prediction (:class:`PredictionDump`).
 
     Returns:
         dict: the metrics.
     """
     runner = build_runner(prepare_test_cfg(config, checkpoint, **kwargs))
+    runner.register_hook(_CheckLoadedWeights(checkpoint, strict))
+    if dump_predictions:
+        runner.test_evaluator.metrics.append(
+            PredictionDump(out_file_path=dump_predictions))
     return runner.test()

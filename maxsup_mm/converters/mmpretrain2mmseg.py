@@ -37,7 +37,8 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 
-from maxsup_mm.checkpoint import CheckpointError, load_checkpoint
+from maxsup_mm.checkpoint import (CheckpointError, check_finite,
+                                  load_checkpoint)
 from maxsup_mm.fileio import atomic_save
 
 __all__ = [
@@ -82,8 +83,8 @@ def load_classifier_checkpoint(src: str) -> Tuple[Dict, Dict[str, List]]:
 
     Raises:
         ConversionError: unreadable or truncated file, objects that
-            ``weights_only`` loading refuses, or not a classification
-            checkpoint.
+            ``weights_only`` loading refuses, NaN / Inf tensors (named), or
+            not a classification checkpoint.
     """
     try:
         ckpt = load_checkpoint(src)
@@ -104,6 +105,10 @@ def load_classifier_checkpoint(src: str) -> Tuple[Dict, Dict[str, List]]:
     # checkpoints saved from a wrapped (DDP) model
     if state_dict and all(k.startswith('module.') for k in state_dict):
         state_dict = {k[len('module.'):]: v for k, v in state_dict.items()}
+    try:  # a diverged or bit-flipped checkpoint must not become a backbone
+        check_finite(state_dict, src)
+    except CheckpointError as err:
+        raise ConversionError(str(err)) from None
     parts: Dict[str, List[str]] = {}
     for key in state_dict:
         parts.setdefault(key.split('.', 1)[0], []).append(key)
@@ -481,6 +486,90 @@ def check_against_target(mapped: Dict[str, torch.Tensor],
     return resized
 
 
+#: ViT widths / depths of well-known architectures, for the hints
+KNOWN_VITS = {(192, 12): 'DeiT-Tiny', (384, 12): 'DeiT-Small',
+              (768, 12): 'ViT-B / DeiT-Base', (1024, 24): 'ViT-L'}
+#: what mmseg's backbones build when the config does not say
+_MMSEG_DEFAULTS = dict(stem_channels=64, base_channels=64, embed_dims=768,
+                       num_layers=12, mlp_ratio=4, patch_size=16,
+                       in_channels=3)
+
+
+def suggest_fix(arch: Dict, sd: Dict[str, torch.Tensor],
+                target_cfg: Dict) -> List[str]:
+    """How to build a target backbone the checkpoint fits (for messages).
+
+    Args:
+        arch (dict): what :func:`detect_architecture` found.
+        sd (dict): the backbone state dict (without ``backbone.``).
+        target_cfg (dict): the mmseg backbone config it did not fit.
+
+    Returns:
+        list[str]: the hints, most specific first (empty: none known).
+    """
+    target_type = str(target_cfg.get('type', '')).split('.')[-1]
+
+    def differing(want):
+        return [f'{k}={v}' for k, v in want.items()
+                if target_cfg.get(k, _MMSEG_DEFAULTS.get(k)) != v]
+
+    if arch['family'] == 'vit':
+        want = {k: arch[k] for k in ('embed_dims', 'num_layers', 'mlp_ratio',
+                                     'patch_size', 'in_channels')}
+        diff = differing(want)
+        if not diff:
+            return []
+        name = KNOWN_VITS.get((arch['embed_dims'], arch['num_layers']),
+                              'a ViT')
+        hint = (f'the checkpoint is {name} ({", ".join(diff)}, where the '
+                'target differs): use the mmseg config of that architecture '
+                'or set these (and num_heads) in its model.backbone')
+        if name == 'DeiT-Small':
+            hint += (' (DeiT-Small: configs/upernet/'
+                     'upernet_deit-s16_ce-pre_8xb2-80k_ade20k-512x512.py)')
+        return [hint]
+
+    conv1 = sd.get('conv1.weight')
+    stem = sd['stem.2.conv.weight'] if arch['deep_stem'] else conv1
+    want = dict(depth=arch['depth'], stem_channels=int(stem.shape[0]),
+                base_channels=int(sd['layer1.0.conv1.weight'].shape[0]))
+    target_deep = target_type in ('ResNetV1c', 'ResNetV1d') or bool(
+        target_cfg.get('deep_stem'))
+    hints = []
+    if conv1 is not None and conv1.shape[-1] == 3 \
+            and target_type != 'ResNet_CIFAR':
+        return [
+            'the checkpoint has a CIFAR stem (one 3x3 conv, mmpretrain '
+            "ResNet_CIFAR), which mmseg's ResNets do not have: pass --config "
+            'an mmseg config whose model.backbone is '
+            f"dict(type='mmpretrain.ResNet_CIFAR', depth={want['depth']}, "
+            f"stem_channels={want['stem_channels']}, "
+            f"base_channels={want['base_channels']}, "
+            "out_indices=(0, 1, 2, 3)) and custom_imports "
+            "imports=['mmpretrain.models'], as configs/quickstart/"
+            'upernet_resnet18-tiny_1xb8-digit-scenes-32x32.py does']
+    if arch['deep_stem'] and not target_deep:
+        hints.append(
+            f'the checkpoint has a deep stem (mmpretrain {arch["type"]}): '
+            f"use a config with model.backbone.type='{arch['type']}' "
+            "(mmseg's own UperNet-R50, mmseg::upernet/"
+            'upernet_r50_4xb4-80k_ade20k-512x512.py, is a ResNetV1c)')
+    elif not arch['deep_stem'] and target_deep:
+        hints.append(
+            'the checkpoint has the plain 7x7 stem (mmpretrain ResNet): use a '
+            "config with model.backbone.type='ResNet' (as configs/upernet/"
+            'upernet_r50_ce-pre_4xb4-80k_ade20k-512x512.py)')
+    elif arch['avg_down'] != (target_type == 'ResNetV1d'
+                              or bool(target_cfg.get('avg_down'))):
+        hints.append(f'the checkpoint is a {arch["type"]}: use a config with '
+                     f"model.backbone.type='{arch['type']}'")
+    diff = differing(want)
+    if diff:
+        hints.append(f'the checkpoint\'s ResNet has {", ".join(diff)}: set '
+                     'them in the config\'s model.backbone')
+    return hints
+
+
 # ---------------------------------------------------------------------------
 # The conversion
 # ---------------------------------------------------------------------------
@@ -530,8 +619,15 @@ def convert_state_dict(backbone_sd: Dict[str, torch.Tensor],
             f'architecture mismatch: the checkpoint holds a '
             f'{"BlurPool" if arch["blurpool"] else "plain"} ResNet (mmseg '
             f'{arch["type"]}) but {target_name} is a {src_type}')
-    resized = check_against_target(mapped, expected_backbone_shapes(
-        target_cfg), target_name)
+    try:
+        resized = check_against_target(mapped, expected_backbone_shapes(
+            target_cfg), target_name)
+    except ConversionError as err:
+        hints = suggest_fix(arch, backbone_sd, target_cfg)
+        if not hints:
+            raise
+        raise ConversionError('\n'.join(
+            [str(err)] + [f'  hint: {h}' for h in hints])) from None
     report = dict(architecture=arch, target=target_name,
                   num_tensors=len(mapped), renamed=renamed,
                   unchanged=len(mapped) - len(renamed), resized=resized)

@@ -16,13 +16,14 @@ annotation value   meaning                  training label
 2 .. 11            digit 0 .. 9              1 .. 10
 =================  =======================  =========================
 """
-import json
 import os
 import os.path as osp
 from typing import Tuple
 
 import numpy as np
 from PIL import Image
+
+from maxsup_mm.fileio import atomic_write_json
 
 DIGIT_SCENE_CLASSES = ('background', ) + tuple(f'digit {i}'
                                                for i in range(10))
@@ -96,9 +97,7 @@ def write_digit_scenes(root: str,
                 osp.join(root, 'images', split, name + '.jpg'), quality=95)
             Image.fromarray(ann).save(
                 osp.join(root, 'annotations', split, name + '.png'))
-    tmp = marker + '.tmp'
-    with open(tmp, 'w') as f:
-        json.dump(dict(classes=DIGIT_SCENE_CLASSES, num_scenes=num_scenes,
-                       canvas=canvas, seed=seed), f)
-    os.replace(tmp, marker)
+    atomic_write_json(marker, dict(classes=DIGIT_SCENE_CLASSES,
+                                   num_scenes=num_scenes, canvas=canvas,
+                                   seed=seed))
     return root

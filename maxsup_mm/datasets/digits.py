@@ -6,13 +6,14 @@ them once, with a fixed stratified train/val/test split, in the folder layout
 that mmpretrain's ``CustomDataset`` reads (``<split>/<class>/<image>.png``),
 so the quickstart trains through the ordinary mmpretrain pipeline.
 """
-import json
 import os
 import os.path as osp
 from typing import Dict, Sequence
 
 import numpy as np
 from PIL import Image
+
+from maxsup_mm.fileio import atomic_write_json
 
 DIGIT_CLASSES = tuple(str(i) for i in range(10))
 
@@ -70,9 +71,6 @@ def write_digits_folder(root: str, seed: int = 0) -> str:
             Image.fromarray(img, mode='L').save(
                 osp.join(root, split, str(label), f'{i:04d}.png'))
         counts[split] = int(len(labels))
-    tmp = marker + '.tmp'
-    with open(tmp, 'w') as f:
-        json.dump(dict(counts=counts, seed=seed,
-                       source='sklearn.datasets.load_digits'), f)
-    os.replace(tmp, marker)
+    atomic_write_json(marker, dict(counts=counts, seed=seed,
+                                   source='sklearn.datasets.load_digits'))
     return root

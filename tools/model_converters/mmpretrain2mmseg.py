@@ -20,6 +20,7 @@ sys.path.insert(0, ROOT)
 
 from maxsup_mm.converters import (ConversionError,  # noqa: E402
                                   convert_mmpretrain_to_mmseg)
+from maxsup_mm.fileio import exit_on_sigterm  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -38,11 +39,19 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    # SIGTERM / Ctrl-C while DST is written: the temporary file is removed
+    # and DST is left as it was (absent or the previous conversion)
+    exit_on_sigterm()
     try:
         convert_mmpretrain_to_mmseg(args.src, args.dst, config=args.config)
     except ConversionError as err:
         print(f'mmpretrain2mmseg: error: {err}', file=sys.stderr)
         return 1
+    except (KeyboardInterrupt, SystemExit) as err:
+        code = 130 if isinstance(err, KeyboardInterrupt) else err.code
+        print(f'mmpretrain2mmseg: interrupted; nothing written to {args.dst}',
+              file=sys.stderr)
+        return code
     return 0
 
 

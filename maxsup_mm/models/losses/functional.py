@@ -167,10 +167,18 @@ def _masked_mean_gap(logits: torch.Tensor, z_gt: torch.Tensor,
 
 def ls_regularization_term(logits: torch.Tensor,
                            target: torch.Tensor) -> torch.Tensor:
-    r"""The "regularization" part of LS, eq. (5) / Table 1, row 3.
+    r"""The "regularization" component of LS as Table 1 (row 3) trains it.
 
-    :math:`\frac{1}{M}\sum_{z_m < z_{gt}} (z_{gt} - z_m)`: the mean gap between
-    the ground-truth logit and the ``M`` logits strictly below it; 0 if none.
+    :math:`\frac{1}{M}\sum_{z_m < z_{gt}} (z_{gt} - z_m)`: the *mean* gap
+    between the ground-truth logit and the ``M`` logits strictly below it
+    (Corollary 3.4's ``M``); 0 if none.  Table 1 multiplies it by
+    :math:`\alpha`, i.e. its row 3 is :math:`\frac{\alpha}{M}\sum`.
+
+    This is *not* eq. (5)'s regularization part, which has
+    :math:`\frac{\alpha}{K}` in front of the same sum (so that the two parts of
+    eq. (5) add up to LS, eq. (4)); the two differ by the factor
+    :math:`K / M`.  Table 1's normalisation is used because the accuracy it
+    reports for this row (75.98) was trained with it.
     """
     z_gt = _gt_logit(logits, target, -100)
     return _masked_mean_gap(logits, z_gt, logits < z_gt.unsqueeze(1))
@@ -178,11 +186,20 @@ def ls_regularization_term(logits: torch.Tensor,
 
 def ls_error_enhancement_term(logits: torch.Tensor,
                               target: torch.Tensor) -> torch.Tensor:
-    r"""The "error-enhancement" part of LS, eq. (5) / Table 1, row 4.
+    r"""The "error-enhancement" component of LS as Table 1 (row 4) trains it.
 
-    :math:`\frac{1}{N}\sum_{z_n > z_{gt}} (z_{gt} - z_n)`: the mean gap to the
-    ``N`` logits strictly above the ground truth (:math:`\le 0`; 0 if the
-    prediction is correct).  Minimising it pushes :math:`z_{gt}` further down.
+    :math:`\frac{1}{N}\sum_{z_n > z_{gt}} (z_{gt} - z_n)`: the *mean* gap to
+    the ``N`` logits strictly above the ground truth (Corollary 3.4's ``N``;
+    :math:`\le 0`, 0 if the prediction is correct).  Minimising it pushes
+    :math:`z_{gt}` further down.  Table 1's row 4 is
+    :math:`\frac{\alpha}{N}\sum`.
+
+    This is *not* eq. (5)'s error-enhancement part, which has
+    :math:`\frac{\alpha}{K}` in front of the same sum; the two differ by the
+    factor :math:`K / N` (for one logit above :math:`z_{gt}`, Table 1 weighs
+    its gap by :math:`\alpha`, eq. (5) by :math:`\alpha / K`).  Table 1's
+    normalisation is used because the accuracy it reports for this row
+    (73.63) was trained with it.
     """
     z_gt = _gt_logit(logits, target, -100)
     return _masked_mean_gap(logits, z_gt, logits > z_gt.unsqueeze(1))
