@@ -111,17 +111,22 @@ class ExactResumeEpochBasedTrainLoop(EpochBasedTrainLoop):
         self.runner.model.train()
         skip = self.batches_done()
         batches = iter(self.dataloader)
-        if skip:
+        if skip == 0:
+            self.runner.message_hub.update_info(EPOCH_START,
+                                                [self._epoch, self._iter])
+        elif skip == len(self.dataloader):
+            # every batch was trained; only the epoch's end hooks are left
+            # (the fetch hook runs as before the uninterrupted run's last,
+            # empty fetch)
+            self.runner.call_hook(BEFORE_FETCH, batch_idx=skip)
+        else:
             _info(f'Resuming in the middle of epoch {self._epoch + 1}: '
                   f'drawing the {skip} batches it had already trained from '
                   'the data loader without training on them.')
             for _ in range(skip):
                 next(batches)
-        else:
-            self.runner.message_hub.update_info(EPOCH_START,
-                                                [self._epoch, self._iter])
         idx = skip
-        while True:
+        while skip < len(self.dataloader):
             self.runner.call_hook(BEFORE_FETCH, batch_idx=idx)
             try:
                 data_batch = next(batches)
