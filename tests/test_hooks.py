@@ -261,3 +261,75 @@ def test_ols_matrices_identical_across_ranks():
         sel = correct & (labels == c)
         assert sel.any()
         torch.testing.assert_close(m0[:, c], probs[sel].mean(0))
+
+
+# --------------------------------------------------------------------------
+# OLS statistics across a mid-epoch checkpoint under DDP
+# --------------------------------------------------------------------------
+def _ols_resume_worker(rank, world, init_file, out_dir):
+    from maxsup_mm.engine.hooks import OnlineLabelSmoothHook
+    dist.init_process_group('gloo', init_method=f'file://{init_file}',
+                            rank=rank, world_size=world)
+    logits, labels = _rank_data(rank)
+    first, rest = slice(0, 12), slice(12, None)
+
+    def ols():
+        loss = OnlineLabelSmoothLoss(num_classes=K).train()
+        loss.hook_attached = True
+        return loss
+
+    # uninterrupted: part of the epoch, a mid-epoch checkpoint, the rest
+    full = ols()
+    full(logits[first], labels[first])
+    full.consolidate_statistics()  # OnlineLabelSmoothHook, before the save
+    ckpt = os.path.join(out_dir, 'mid_epoch.pt')
+    if rank == 0:  # only rank 0 writes the checkpoint
+        torch.save(full.state_dict(), ckpt)
+    dist.barrier()
+    full(logits[rest], labels[rest])
+    full.epoch_update()
+    # resumed: every rank loads rank 0's checkpoint, then trains the rest
+    resumed = ols()
+    checkpoint = {'state_dict': torch.load(ckpt)}
+    OnlineLabelSmoothHook().after_load_checkpoint(None, checkpoint)
+    resumed.load_state_dict(checkpoint['state_dict'])
+    resumed(logits[rest], labels[rest])
+    resumed.epoch_update()
+    torch.save(dict(full=full.supervise, resumed=resumed.supervise),
+               os.path.join(out_dir, f'resume{rank}.pt'))
+    dist.destroy_process_group()
+
+
+def test_ols_mid_epoch_checkpoint_resumes_exactly_under_ddp():
+    with tempfile.TemporaryDirectory() as tmp:
+        mp.spawn(_ols_resume_worker, args=(2, os.path.join(tmp, 'init'), tmp),
+                 nprocs=2, join=True)
+        out = [torch.load(os.path.join(tmp, f'resume{r}.pt'))
+               for r in range(2)]
+    for rank in range(2):
+        assert torch.equal(out[rank]['resumed'], out[rank]['full'])
+    # and the matrix is the one of the whole epoch on both ranks
+    logits = torch.cat([_rank_data(r)[0] for r in range(2)])
+    labels = torch.cat([_rank_data(r)[1] for r in range(2)])
+    probs = F.softmax(logits, 1)
+    correct = probs.argmax(1) == labels
+    for c in range(K):
+        sel = correct & (labels == c)
+        torch.testing.assert_close(out[1]['full'][:, c], probs[sel].mean(0))
+
+
+def test_ols_hook_knows_when_an_iteration_checkpoint_follows():
+    from mmengine.hooks import CheckpointHook
+
+    from maxsup_mm.engine.hooks import OnlineLabelSmoothHook
+    follows = OnlineLabelSmoothHook.checkpoint_follows
+    every4 = CheckpointHook(by_epoch=False, interval=4)
+    runner = SimpleNamespace(hooks=[every4], iter=3, max_iters=10)
+    assert follows(runner)  # iteration 4
+    runner.iter = 4
+    assert not follows(runner)
+    runner.iter = 9  # the last iteration: save_last
+    assert follows(runner)
+    runner.hooks = [CheckpointHook(by_epoch=True, interval=1)]
+    runner.iter = 3
+    assert not follows(runner)

@@ -149,6 +149,23 @@ class OnlineLabelSmoothLoss(BaseClsLoss):
             0, hard, torch.ones_like(hard, dtype=self.idx_count.dtype))
         self.update.index_add_(1, hard, probs[correct].t().to(self.update))
 
+    #: the buffers holding the statistics of the current epoch
+    STATISTICS = ('update', 'idx_count')
+
+    @torch.no_grad()
+    def consolidate_statistics(self) -> None:
+        """Move the statistics of every DDP rank to rank 0 (sum there, zeros
+        elsewhere); the sum over ranks, all :meth:`epoch_update` uses, is
+        unchanged.  Called before a mid-epoch checkpoint, which holds rank
+        0's buffers only."""
+        if dist.get_world_size() == 1:
+            return
+        for name in self.STATISTICS:
+            buf = getattr(self, name)
+            dist.all_reduce(buf, op='sum')
+            if dist.get_rank() != 0:
+                buf.zero_()
+
     @torch.no_grad()
     def epoch_update(self) -> None:
         """Sum the statistics over ranks and switch to the new matrix.
