@@ -22,8 +22,8 @@ def initial_soft_labels(num_classes: int, init: str = 'label_smoothing',
     the soft label of class ``c``).
 
     * ``'label_smoothing'``: ``1 - smoothing`` on the diagonal,
-      ``smoothing / (K - 1)`` elsewhere (the OLS of the MaxSup authors'
-      release, ``Conv/ffcv/losses.py``, used for the paper's comparisons);
+      ``smoothing / (K - 1)`` elsewhere (the OLS in the MaxSup authors'
+      release, ``Conv/ffcv/losses.py``);
     * ``'zeros'``: no soft term in the first epoch, which trains with
       ``alpha * CE`` only (Zhang et al.'s CIFAR / ImageNet release);
     * ``'uniform'``: ``1 / K`` everywhere (Zhang et al.'s fine-grained
@@ -100,6 +100,9 @@ class OnlineLabelSmoothLoss(BaseClsLoss):
         loss_weight (float): weight of the loss. Defaults to 1.0.
     """
 
+    #: the buffers holding the statistics of the current epoch
+    STATISTICS = ('update', 'idx_count')
+
     def __init__(self,
                  num_classes: int,
                  alpha: float = 0.5,
@@ -148,9 +151,6 @@ class OnlineLabelSmoothLoss(BaseClsLoss):
         self.idx_count.index_add_(
             0, hard, torch.ones_like(hard, dtype=self.idx_count.dtype))
         self.update.index_add_(1, hard, probs[correct].t().to(self.update))
-
-    #: the buffers holding the statistics of the current epoch
-    STATISTICS = ('update', 'idx_count')
 
     @torch.no_grad()
     def consolidate_statistics(self) -> None:
