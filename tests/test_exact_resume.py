@@ -98,17 +98,29 @@ def make_runner(work_dir, name, loop, workers=0, persistent=False,
     return runner, recorder
 
 
+def train(runner):
+    """``runner.train()``, then stop persistent data workers now: left to
+    the garbage collector, their shutdown can wait seconds on join time-outs
+    in the middle of a later test."""
+    try:
+        runner.train()
+    finally:
+        iterator = getattr(runner.train_dataloader, '_iterator', None)
+        if iterator is not None:
+            iterator._shutdown_workers()
+
+
 def run(tmp_path, loop, **kwargs):
     """The uninterrupted run, and a resumed run from each checkpoint."""
     work = str(tmp_path / 'full')
     runner, full = make_runner(work, f'full-{tmp_path.name}', loop, **kwargs)
-    runner.train()
+    train(runner)
     resumed = {}
     for step in (8, 12, 16):
         runner, rec = make_runner(
             str(tmp_path / f'from{step}'), f'from{step}-{tmp_path.name}',
             loop, resume_from=osp.join(work, f'iter_{step}.pth'), **kwargs)
-        runner.train()
+        train(runner)
         resumed[step] = rec.seen
     return full.seen, resumed
 
@@ -161,7 +173,7 @@ def test_persistent_workers_resume_warns(tmp_path):
     runner, _ = make_runner(work, f'pw-full-{tmp_path.name}',
                             'ExactResumeEpochBasedTrainLoop', workers=1,
                             persistent=True)
-    runner.train()
+    train(runner)
     runner, _ = make_runner(str(tmp_path / 'resumed'),
                             f'pw-resumed-{tmp_path.name}',
                             'ExactResumeEpochBasedTrainLoop', workers=1,
@@ -170,7 +182,7 @@ def test_persistent_workers_resume_warns(tmp_path):
     handler = _Messages()
     MMLogger.get_current_instance().addHandler(handler)
     try:
-        runner.train()
+        train(runner)
     finally:
         MMLogger.get_current_instance().removeHandler(handler)
     assert any('persistent_workers=True' in m for m in handler.messages)
