@@ -1,9 +1,11 @@
 """Hooks and distributed statistics, checked against closed-form answers."""
 import io
+import logging
 import os
 import subprocess
 import sys
 import tempfile
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -13,7 +15,8 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 from mmengine.logging import HistoryBuffer, MessageHub
 
-from maxsup_mm.engine.hooks import (AlphaScheduleHook, decode_safe,
+from maxsup_mm.engine.hooks import (AlphaScheduleHook, NonFiniteLossError,
+                                    NonFiniteLossHook, decode_safe,
                                     encode_safe, scheduled_alpha)
 from maxsup_mm.models.losses import (LabelSmoothDecompLoss, MaxSupLoss,
                                      OnlineLabelSmoothLoss)
@@ -22,29 +25,141 @@ from maxsup_mm.models.losses import (LabelSmoothDecompLoss, MaxSupLoss,
 @pytest.mark.parametrize('t, expected', [(0, 0.1), (150, 0.15), (300, 0.2),
                                          (400, 0.2)])
 def test_scheduled_alpha_is_table8_line(t, expected):
+    # Table 8's formula as printed: t / T
+    assert scheduled_alpha(0.1, 0.2, t, 300, end_inclusive=False) == \
+        pytest.approx(expected)
+
+
+@pytest.mark.parametrize('t, expected', [(0, 0.1), (1, 0.1 + 0.1 / 299),
+                                         (299, 0.2), (400, 0.2)])
+def test_scheduled_alpha_default_is_authors_code(t, expected):
+    # DeiT engine.py of the authors: lam = 0.1 + epoch*0.1/299 (300 epochs)
     assert scheduled_alpha(0.1, 0.2, t, 300) == pytest.approx(expected)
+    assert scheduled_alpha(0.1, 0.2, t, 300) == \
+        pytest.approx(0.1 + min(t, 299) * 0.1 / 299)
+
+
+def test_scheduled_alpha_one_step_schedule_is_start():
+    assert scheduled_alpha(0.1, 0.2, 0, 1) == 0.1
+    assert scheduled_alpha(0.1, 0.2, 0, 1, end_inclusive=False) == 0.1
 
 
 class _Runner:
     """The runner attributes AlphaScheduleHook reads."""
 
-    def __init__(self, model, epoch, max_epochs=10):
+    def __init__(self, model, epoch, max_epochs=10, iters_per_epoch=5,
+                 train_loop=None):
         self.model, self.epoch, self.max_epochs = model, epoch, max_epochs
-        self.iter, self.max_iters = epoch * 5, max_epochs * 5
+        self.iter = epoch * iters_per_epoch
+        self.max_iters = max_epochs * iters_per_epoch
+        self.train_loop = train_loop
         self.message_hub = MessageHub.get_instance('alpha-test')
 
 
+def _schedulable_model():
+    return torch.nn.ModuleDict(dict(a=MaxSupLoss(), b=LabelSmoothDecompLoss(),
+                                    c=torch.nn.Linear(2, 2)))
+
+
 def test_alpha_schedule_hook_sets_every_schedulable_loss():
-    model = torch.nn.ModuleDict(dict(a=MaxSupLoss(), b=LabelSmoothDecompLoss(),
-                                     c=torch.nn.Linear(2, 2)))
+    model = _schedulable_model()
     hook = AlphaScheduleHook(start=0.1, end=0.2)
     runner = _Runner(model, epoch=4)
     hook.before_train(runner)
     hook.before_train_iter(runner, 0)
-    assert model['a'].alpha == pytest.approx(0.14)
-    assert model['b'].alpha == pytest.approx(0.14)
+    expected = 0.1 + 0.1 * 4 / 9  # epoch 4 of 10: t / (T - 1)
+    assert model['a'].alpha == pytest.approx(expected)
+    assert model['b'].alpha == pytest.approx(expected)
     assert runner.message_hub.get_scalar('train/alpha').current() == \
-        pytest.approx(0.14)
+        pytest.approx(expected)
+
+
+@pytest.mark.parametrize('by_epoch', [True, False])
+@pytest.mark.parametrize('end_inclusive', [True, False])
+def test_alpha_schedule_over_a_whole_run_matches_closed_form(
+        by_epoch, end_inclusive):
+    """Every iteration of a 4-epoch x 3-iteration run, against the closed
+    form; the first step trains with start, the last with end (authors) or
+    start + (end - start)(T - 1)/T (Table 8 as printed)."""
+    model = _schedulable_model()
+    start, end, epochs, per_epoch = 0.05, 0.25, 4, 3
+    hook = AlphaScheduleHook(start=start, end=end, by_epoch=by_epoch,
+                             end_inclusive=end_inclusive)
+    runner = _Runner(model, 0, max_epochs=epochs, iters_per_epoch=per_epoch)
+    hook.before_train(runner)
+    seen = []
+    for it in range(epochs * per_epoch):
+        runner.epoch, runner.iter = it // per_epoch, it
+        hook.before_train_iter(runner, it % per_epoch)
+        seen.append(model['a'].alpha)
+    t = np.arange(epochs * per_epoch)
+    if by_epoch:
+        t, total = t // per_epoch, epochs
+    else:
+        total = epochs * per_epoch
+    span = total - 1 if end_inclusive else total
+    np.testing.assert_allclose(seen, start + (end - start) * t / span)
+    assert seen[0] == pytest.approx(start)
+    assert (seen[-1] == pytest.approx(end)) is end_inclusive
+
+
+def test_alpha_schedule_resumed_mid_schedule_continues_it():
+    """A hook built fresh after a resume (the runner's counters restored)
+    sets what the uninterrupted run had at that point."""
+    model = _schedulable_model()
+    runner = _Runner(model, epoch=0, max_epochs=6)
+    full = AlphaScheduleHook()
+    full.before_train(runner)
+    values = {}
+    for epoch in range(6):
+        runner.epoch, runner.iter = epoch, epoch * 5
+        full.before_train_iter(runner, 0)
+        values[epoch] = model['a'].alpha
+    resumed_model = _schedulable_model()
+    resumed = _Runner(resumed_model, epoch=3, max_epochs=6)
+    hook = AlphaScheduleHook()
+    hook.before_train_iter(resumed, 0)  # before_train is implied
+    assert resumed_model['a'].alpha == values[3]
+    assert values[5] == pytest.approx(0.2)
+
+
+class _Messages(logging.Handler):
+    """Collects the messages of a logger."""
+
+    def __init__(self):
+        super().__init__()
+        self.messages = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+
+def test_alpha_schedule_by_epoch_follows_iterations_of_iter_loop():
+    """On an iteration-based loop (every mmseg config) mmengine reports
+    max_epochs=1: by_epoch=True follows the iterations and says so once."""
+    from mmengine.logging import MMLogger
+    from mmengine.runner import IterBasedTrainLoop
+
+    class _IterLoop(IterBasedTrainLoop):
+        def __init__(self):  # only its type matters here
+            pass
+
+    model = _schedulable_model()
+    runner = _Runner(model, epoch=0, max_epochs=1, iters_per_epoch=9,
+                     train_loop=_IterLoop())
+    logger = MMLogger.get_instance('alpha-iter-test')  # the current logger
+    handler = _Messages()
+    logger.addHandler(handler)
+    hook = AlphaScheduleHook(start=0.1, end=0.2)  # by_epoch=True
+    hook.before_train(runner)
+    alphas = []
+    for it in range(9):
+        runner.iter = it
+        hook.before_train_iter(runner, it)
+        alphas.append(model['a'].alpha)
+    logger.removeHandler(handler)
+    np.testing.assert_allclose(alphas, 0.1 + 0.1 * np.arange(9) / 8)
+    assert sum('follows the iterations' in m for m in handler.messages) == 1
 
 
 def test_alpha_schedule_hook_without_losses_fails_clearly():
@@ -52,7 +167,35 @@ def test_alpha_schedule_hook_without_losses_fails_clearly():
         AlphaScheduleHook().before_train(_Runner(torch.nn.Linear(2, 2), 0))
 
 
-def test_message_hub_roundtrip_under_weights_only():
+def test_non_finite_loss_message_names_newest_checkpoint_or_none():
+    hook = NonFiniteLossHook()
+    hub = MessageHub.get_instance('non-finite-test')
+    runner = SimpleNamespace(iter=2, epoch=0, message_hub=hub)
+    hook.after_train_iter(runner, 2, outputs=dict(loss=torch.tensor(1.5)))
+    nan = dict(loss=torch.tensor(float('nan')), loss_cls=torch.tensor(1.0))
+    with pytest.raises(NonFiniteLossError) as err:
+        hook.after_train_iter(runner, 2, outputs=nan)
+    msg = str(err.value)
+    assert 'at iteration 3 (epoch 1, batch 3)' in msg
+    assert 'No checkpoint has been written in this run yet' in msg
+    assert 'intact' not in msg and '--resume' not in msg
+    hub.update_info('last_ckpt', '/work/epoch_4.pth')  # as CheckpointHook
+    with pytest.raises(NonFiniteLossError,
+                       match=r'newest checkpoint, /work/epoch_4.pth'):
+        hook.after_train_iter(runner, 2, outputs=nan)
+
+
+@pytest.fixture
+def plain_weights_only():
+    """torch's weights_only unpickler without the allowlist that
+    ``import maxsup_mm`` registers (what plain torch / other tools see)."""
+    saved = torch.serialization.get_safe_globals()
+    torch.serialization.clear_safe_globals()
+    yield
+    torch.serialization.add_safe_globals(saved)
+
+
+def test_message_hub_roundtrip_under_weights_only(plain_weights_only):
     hub = MessageHub('ckpt-test')
     for i in range(5):
         hub.update_scalar('train/loss', float(i) * 0.5)
@@ -125,3 +268,75 @@ def test_ols_matrices_identical_across_ranks():
         sel = correct & (labels == c)
         assert sel.any()
         torch.testing.assert_close(m0[:, c], probs[sel].mean(0))
+
+
+# --------------------------------------------------------------------------
+# OLS statistics across a mid-epoch checkpoint under DDP
+# --------------------------------------------------------------------------
+def _ols_resume_worker(rank, world, init_file, out_dir):
+    from maxsup_mm.engine.hooks import OnlineLabelSmoothHook
+    dist.init_process_group('gloo', init_method=f'file://{init_file}',
+                            rank=rank, world_size=world)
+    logits, labels = _rank_data(rank)
+    first, rest = slice(0, 12), slice(12, None)
+
+    def ols():
+        loss = OnlineLabelSmoothLoss(num_classes=K).train()
+        loss.hook_attached = True
+        return loss
+
+    # uninterrupted: part of the epoch, a mid-epoch checkpoint, the rest
+    full = ols()
+    full(logits[first], labels[first])
+    full.consolidate_statistics()  # OnlineLabelSmoothHook, before the save
+    ckpt = os.path.join(out_dir, 'mid_epoch.pt')
+    if rank == 0:  # only rank 0 writes the checkpoint
+        torch.save(full.state_dict(), ckpt)
+    dist.barrier()
+    full(logits[rest], labels[rest])
+    full.epoch_update()
+    # resumed: every rank loads rank 0's checkpoint, then trains the rest
+    resumed = ols()
+    checkpoint = {'state_dict': torch.load(ckpt)}
+    OnlineLabelSmoothHook().after_load_checkpoint(None, checkpoint)
+    resumed.load_state_dict(checkpoint['state_dict'])
+    resumed(logits[rest], labels[rest])
+    resumed.epoch_update()
+    torch.save(dict(full=full.supervise, resumed=resumed.supervise),
+               os.path.join(out_dir, f'resume{rank}.pt'))
+    dist.destroy_process_group()
+
+
+def test_ols_mid_epoch_checkpoint_resumes_exactly_under_ddp():
+    with tempfile.TemporaryDirectory() as tmp:
+        mp.spawn(_ols_resume_worker, args=(2, os.path.join(tmp, 'init'), tmp),
+                 nprocs=2, join=True)
+        out = [torch.load(os.path.join(tmp, f'resume{r}.pt'))
+               for r in range(2)]
+    for rank in range(2):
+        assert torch.equal(out[rank]['resumed'], out[rank]['full'])
+    # and the matrix is the one of the whole epoch on both ranks
+    logits = torch.cat([_rank_data(r)[0] for r in range(2)])
+    labels = torch.cat([_rank_data(r)[1] for r in range(2)])
+    probs = F.softmax(logits, 1)
+    correct = probs.argmax(1) == labels
+    for c in range(K):
+        sel = correct & (labels == c)
+        torch.testing.assert_close(out[1]['full'][:, c], probs[sel].mean(0))
+
+
+def test_ols_hook_knows_when_an_iteration_checkpoint_follows():
+    from mmengine.hooks import CheckpointHook
+
+    from maxsup_mm.engine.hooks import OnlineLabelSmoothHook
+    follows = OnlineLabelSmoothHook.checkpoint_follows
+    every4 = CheckpointHook(by_epoch=False, interval=4)
+    runner = SimpleNamespace(hooks=[every4], iter=3, max_iters=10)
+    assert follows(runner)  # iteration 4
+    runner.iter = 4
+    assert not follows(runner)
+    runner.iter = 9  # the last iteration: save_last
+    assert follows(runner)
+    runner.hooks = [CheckpointHook(by_epoch=True, interval=1)]
+    runner.iter = 3
+    assert not follows(runner)

@@ -1,7 +1,12 @@
 """The main job end to end: ``tools/quickstart.py --fast`` on the real digits."""
+import glob
+import json
 import math
+import os
 import os.path as osp
 import re
+import subprocess
+import sys
 
 import pytest
 
@@ -104,3 +109,75 @@ def test_transfer_config_loads_the_converted_backbone(fast_study):
     assert set(got) == set(expected)
     for key, value in expected.items():
         assert torch.equal(got[key], value), key
+
+
+# --------------------------------------------------------------------------
+# an interrupted training run of the study resumes from its last epoch
+# --------------------------------------------------------------------------
+KILL_AFTER_EPOCH_2 = """
+import sys
+sys.path.insert(0, {helpers!r})
+import fault_hooks  # registers KillAfterEpochHook
+from maxsup_mm.apis.digits_study import StudySettings, train_classifier
+settings = StudySettings(work_dir={work!r}, epochs=3,
+                         extra_cfg=dict(cls={extra!r}))
+train_classifier('MaxSup', 0, settings, {data!r})
+"""
+
+
+def _logged(work):
+    """iteration -> (loss, alpha), per run in ``work`` (oldest first)."""
+    runs = []
+    for path in sorted(glob.glob(osp.join(work, '*', 'vis_data',
+                                          'scalars.json'))):
+        with open(path) as f:
+            recs = [json.loads(line) for line in f]
+        runs.append({r['iter']: (r['loss'], r['alpha']) for r in recs
+                     if 'loss' in r and 'lr' in r})
+    return runs
+
+
+def test_killed_study_run_resumes_from_its_last_epoch(tmp_path):
+    """The study checkpoints every epoch (keeping the last two): a run
+    killed after epoch 2 of 3 trains only epoch 3 when the study runs again,
+    exactly as the uninterrupted run did."""
+    from maxsup_mm.apis.digits_study import train_classifier
+    from maxsup_mm.datasets import write_digits_folder
+    helpers = osp.join(osp.dirname(osp.abspath(__file__)), 'helpers')
+    data = write_digits_folder(str(tmp_path / 'digits'))
+    log_every_iter = {'default_hooks.logger.interval': 1}
+
+    full = StudySettings(work_dir=str(tmp_path / 'full'), epochs=3,
+                         extra_cfg=dict(cls=log_every_iter))
+    train_classifier('MaxSup', 0, full, data)
+    full_work = osp.join(full.work_dir, 'cls', 'maxsup_seed0')
+    # every epoch was checkpointed; only the last two are kept
+    assert {'epoch_2.pth', 'epoch_3.pth'} <= set(os.listdir(full_work))
+    assert not osp.exists(osp.join(full_work, 'epoch_1.pth'))
+    (expected, ) = _logged(full_work)
+
+    work = str(tmp_path / 'killed')
+    kill = dict(log_every_iter,
+                custom_hooks=[dict(type='AlphaScheduleHook', start=0.1,
+                                   end=0.2),
+                              dict(type='KillAfterEpochHook', epoch=2)])
+    script = KILL_AFTER_EPOCH_2.format(helpers=helpers, work=work,
+                                       extra=kill, data=data)
+    killed = subprocess.run([sys.executable, '-c', script],
+                            env=dict(os.environ, OMP_NUM_THREADS='1'),
+                            capture_output=True, text=True, timeout=600)
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    run_dir = osp.join(work, 'cls', 'maxsup_seed0')
+    assert not osp.exists(osp.join(run_dir, 'done.json'))
+
+    again = StudySettings(work_dir=work, epochs=3,
+                          extra_cfg=dict(cls=log_every_iter))
+    ckpt = train_classifier('MaxSup', 0, again, data)
+    assert ckpt == osp.join(run_dir, 'epoch_3.pth') and osp.exists(ckpt)
+    before, after = _logged(run_dir)
+    per_epoch = len(expected) // 3
+    # the resumed run trained epoch 3 only, and exactly as the full run
+    assert sorted(after) == sorted(expected)[2 * per_epoch:]
+    for run in (before, after):
+        for it, value in run.items():
+            assert value == expected[it], it

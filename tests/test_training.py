@@ -34,16 +34,27 @@ def run_tool(*args, timeout=900):
                           capture_output=True, text=True, timeout=timeout)
 
 
-def train_losses(work_dir):
-    """iteration -> (loss, alpha) from every run's vis_data/scalars.json."""
-    out = {}
+def run_losses(work_dir):
+    """One dict per run (oldest first): iteration -> (loss, alpha), from each
+    run's vis_data/scalars.json."""
+    runs = []
     for path in sorted(glob.glob(osp.join(work_dir, '*', 'vis_data',
                                           'scalars.json'))):
+        out = {}
         with open(path) as f:
             for line in f:
                 rec = json.loads(line)
                 if 'loss' in rec and 'lr' in rec:
                     out[rec['iter']] = (rec['loss'], rec.get('alpha'))
+        runs.append(out)
+    return runs
+
+
+def train_losses(work_dir):
+    """iteration -> (loss, alpha) over every run in ``work_dir``."""
+    out = {}
+    for run in run_losses(work_dir):
+        out.update(run)
     return out
 
 
@@ -63,7 +74,8 @@ def test_train_maxsup_mixup_alpha_schedule(uninterrupted):
     assert sorted(losses) == list(range(1, 3 * ITERS_PER_EPOCH + 1))
     for it, (loss, alpha) in losses.items():
         epoch = (it - 1) // ITERS_PER_EPOCH
-        assert alpha == pytest.approx(0.1 + 0.1 * epoch / 3), it
+        # the authors' schedule: 0.1 in the first epoch, 0.2 in the last
+        assert alpha == pytest.approx(0.1 + 0.1 * epoch / 2), it
         assert loss == loss and loss > 0
     # the head really trains with MaxSupLoss and the augments
     cfg_dump = glob.glob(osp.join(work, '*', 'vis_data', 'config.py'))
@@ -113,6 +125,94 @@ def test_resume_after_kill_reproduces_uninterrupted_run(uninterrupted,
         assert got[it] == expected[it]
 
 
+FAULTS = ("custom_imports = dict(imports=['maxsup_mm', 'fault_hooks'], "
+          "allow_failed_imports=False)\n")
+ITER_CKPT = ("default_hooks = dict(checkpoint=dict(by_epoch=False, "
+             "interval=4))\n")
+
+
+def test_mid_epoch_resume_reproduces_uninterrupted_run(uninterrupted,
+                                                       imagenet_root,
+                                                       tmp_path):
+    """Iteration-interval checkpoints in an epoch loop: --resume from a
+    mid-epoch checkpoint skips the batches of that epoch already trained (same
+    shuffle order, same per-iteration seeds), so every later loss equals the
+    uninterrupted run's and the run has the same number of iterations."""
+    _, full_work = uninterrupted
+    cfg = write_cfg(
+        tmp_path / 'cfg.py', imagenet_root, FAULTS + ITER_CKPT +
+        "custom_hooks = [dict(type='AlphaScheduleHook', start=0.1, end=0.2),"
+        " dict(type='KillAfterIterHook', iter=14)]\n")
+    work = str(tmp_path / 'work')
+    killed = run_tool('tools/train.py', cfg, '--work-dir', work)
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    with open(osp.join(work, 'last_checkpoint')) as f:
+        # batch 4 of 8 of epoch 2; iterations 13 and 14 are lost
+        assert f.read().strip().endswith('iter_12.pth')
+
+    resume_cfg = write_cfg(tmp_path / 'resume_cfg.py', imagenet_root,
+                           ITER_CKPT)
+    resumed = run_tool('tools/train.py', resume_cfg, '--work-dir', work,
+                       '--resume')
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert 'resumed epoch: 1, iter: 12' in resumed.stdout + resumed.stderr
+
+    expected = train_losses(full_work)
+    before, after = run_losses(work)
+    assert sorted(before) == list(range(1, 15))
+    # no extra iterations: the resumed run trains exactly 13..24
+    assert sorted(after) == list(range(13, 3 * ITERS_PER_EPOCH + 1))
+    for run in (before, after):
+        for it, value in run.items():
+            assert value == expected[it], f'iteration {it}'
+
+
+ITER_LOOP = (
+    "train_dataloader = dict(sampler=dict(type='InfiniteSampler', "
+    "shuffle=True), dataset=dict(data_root=data_root))\n"
+    "train_cfg = dict(_delete_=True, by_epoch=False, max_iters=12, "
+    "val_interval=12)\n"
+    "param_scheduler = dict(_delete_=True, type='CosineAnnealingLR', "
+    "T_max=12, by_epoch=False)\n"
+    "log_processor = dict(by_epoch=False)\n" + ITER_CKPT)
+
+
+def test_iteration_loop_resume_reproduces_uninterrupted_run(imagenet_root,
+                                                            tmp_path):
+    """An iteration-based loop (as every mmseg config) resumes exactly too,
+    and AlphaScheduleHook(by_epoch=True) follows its iterations."""
+    full_work = str(tmp_path / 'full')
+    full = run_tool('tools/train.py',
+                    write_cfg(tmp_path / 'full.py', imagenet_root, ITER_LOOP),
+                    '--work-dir', full_work)
+    assert full.returncode == 0, full.stderr[-3000:]
+    said = (full.stdout + full.stderr).count('alpha follows the iterations')
+    assert said == 1, said
+    expected = train_losses(full_work)
+    assert sorted(expected) == list(range(1, 13))
+    for it, (loss, alpha) in expected.items():
+        # the authors' schedule: start at iteration 1, end at the last one
+        assert alpha == pytest.approx(0.1 + 0.1 * (it - 1) / 11), it
+
+    cfg = write_cfg(
+        tmp_path / 'cfg.py', imagenet_root, ITER_LOOP + FAULTS +
+        "custom_hooks = [dict(type='AlphaScheduleHook', start=0.1, end=0.2),"
+        " dict(type='KillAfterIterHook', iter=6)]\n")
+    work = str(tmp_path / 'work')
+    killed = run_tool('tools/train.py', cfg, '--work-dir', work)
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    resumed = run_tool('tools/train.py',
+                       write_cfg(tmp_path / 'resume.py', imagenet_root,
+                                 ITER_LOOP),
+                       '--work-dir', work, '--resume')
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    before, after = run_losses(work)
+    assert sorted(after) == list(range(5, 13))  # from iter_4.pth
+    for run in (before, after):
+        for it, value in run.items():
+            assert value == expected[it], f'iteration {it}'
+
+
 def test_non_finite_loss_stops_and_keeps_last_checkpoint(imagenet_root,
                                                          tmp_path):
     poison_iter = ITERS_PER_EPOCH + 2  # 0-based: during epoch 2
@@ -126,6 +226,8 @@ def test_non_finite_loss_stops_and_keeps_last_checkpoint(imagenet_root,
     assert proc.returncode != 0
     assert f'at iteration {poison_iter + 1}' in proc.stderr
     assert 'NonFiniteLossError' in proc.stderr
+    # names the checkpoint to resume from
+    assert 'epoch_1.pth' in proc.stderr.split('NonFiniteLossError')[-1]
     assert not osp.exists(osp.join(work, 'epoch_2.pth'))
     ckpt = torch.load(osp.join(work, 'epoch_1.pth'), weights_only=True)
     assert all(torch.isfinite(v).all() for v in ckpt['state_dict'].values()
@@ -168,3 +270,39 @@ def test_dist_train_two_cpu_processes(imagenet_root, tmp_path):
     ckpt = torch.load(osp.join(work, 'epoch_1.pth'), weights_only=True)
     matrix = ckpt['state_dict']['head.loss_module.supervise']
     torch.testing.assert_close(matrix.sum(0), torch.ones(4))
+
+
+def test_dist_nan_on_one_rank_stops_every_rank_before_checkpoint(
+        imagenet_root, tmp_path):
+    """Rank 1 diverges at the last iteration of epoch 2; its NaN gradient
+    reaches rank 0's weights through DDP.  Every rank must stop before the
+    epoch-end checkpoint: epoch_1.pth stays the newest (and finite)."""
+    cfg = write_cfg(
+        tmp_path / 'cfg.py', imagenet_root, FAULTS +
+        "train_cfg = dict(max_epochs=2)\n"
+        "param_scheduler = dict(T_max=2)\n"
+        # 2 ranks x 4 iterations per epoch: 0-based iteration 7 ends epoch 2
+        "custom_hooks = [dict(type='PoisonWeightsHook', iter=7, rank=1)]\n")
+    work = str(tmp_path / 'work')
+    env = dict(os.environ, OMP_NUM_THREADS='1', PORT='29518',
+               PYTHON=sys.executable, PYTHONPATH=HELPERS)
+    proc = subprocess.run(['bash', 'tools/dist_train.sh', cfg, '2',
+                           '--work-dir', work], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=900)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0, out[-3000:]
+    assert not osp.exists(osp.join(work, 'epoch_2.pth'))
+    for path in glob.glob(osp.join(work, 'epoch_*.pth')):
+        ckpt = torch.load(path, weights_only=True)
+        assert all(torch.isfinite(v).all()
+                   for v in ckpt['state_dict'].values()
+                   if v.is_floating_point()), path
+    with open(osp.join(work, 'last_checkpoint')) as f:
+        assert f.read().strip().endswith('epoch_1.pth')
+    # both ranks stop and say which rank diverged, where, and what to resume
+    errors = [line for line in out.splitlines()
+              if 'NonFiniteLossError: ' in line]
+    assert len(errors) == 2, out[-3000:]
+    for line in errors:
+        assert 'on rank 1' in line and 'at iteration 8' in line, line
+        assert 'epoch_1.pth' in line, line

@@ -59,7 +59,9 @@ train_cfg = dict(max_epochs=max_epochs, val_interval=max_epochs)
 param_scheduler = dict(
     milestones=[int(max_epochs * f) for f in (0.3, 0.6, 0.8)])
 auto_scale_lr = dict(base_batch_size=64)
+# a checkpoint every epoch, so an interrupted study loses at most one epoch;
+# two are kept (mmengine deletes the older before writing the newer)
 default_hooks = dict(
     logger=dict(interval=17),
-    checkpoint=dict(interval=max_epochs, max_keep_ckpts=1))
+    checkpoint=dict(interval=1, max_keep_ckpts=2))
 randomness = dict(seed=0)

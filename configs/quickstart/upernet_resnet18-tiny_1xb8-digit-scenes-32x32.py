@@ -94,7 +94,8 @@ param_scheduler = [
         type='PolyLR', eta_min=1e-4, power=0.9, begin=0, end=max_iters,
         by_epoch=False)
 ]
+# a checkpoint every 50 iterations (and the last); two are kept
 default_hooks = dict(
     logger=dict(interval=50),
-    checkpoint=dict(interval=max_iters, max_keep_ckpts=1))
+    checkpoint=dict(interval=50, max_keep_ckpts=2))
 randomness = dict(seed=0)

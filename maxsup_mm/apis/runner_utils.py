@@ -13,6 +13,8 @@ import torch
 import torch.distributed as torch_dist
 from mmengine.config import Config, ConfigDict
 
+from maxsup_mm.engine import exact_resume_loop_cfg
+
 #: hooks every run of our tools gets unless the config lists them already
 DEFAULT_HOOKS = ('WeightsOnlyCheckpointHook', 'ReseedHook',
                  'NonFiniteLossHook')
@@ -31,12 +33,17 @@ def register_all(cfg: Config) -> None:
 
 
 def add_default_hooks(cfg: Config) -> Config:
-    """Append :data:`DEFAULT_HOOKS` to ``cfg.custom_hooks`` where missing.
+    """Append :data:`DEFAULT_HOOKS` to ``cfg.custom_hooks`` where missing and
+    use the exact-resume training loops.
 
     ``WeightsOnlyCheckpointHook`` makes checkpoints safe to load under torch
     >= 2.6, ``ReseedHook`` makes ``--resume`` exact and ``NonFiniteLossHook``
-    stops a diverged run.  The hooks are registered in mmengine's root
-    registry, so mmpretrain and mmseg runners both find them.
+    stops a diverged run.  mmengine's ``EpochBasedTrainLoop`` /
+    ``IterBasedTrainLoop`` (also when chosen by ``train_cfg.by_epoch``) are
+    replaced by :mod:`maxsup_mm.engine.loops`' exact-resume loops, which
+    resume from mid-epoch checkpoints without repeating batches; other loop
+    types are kept.  Hooks and loops are registered in mmengine's root
+    registries, so mmpretrain and mmseg runners both find them.
     """
     hooks = list(cfg.get('custom_hooks', None) or [])
     present = {str(h.get('type', '')).split('.')[-1] for h in hooks}
@@ -44,6 +51,8 @@ def add_default_hooks(cfg: Config) -> Config:
         if name not in present:
             hooks.append(ConfigDict(type=name))
     cfg.custom_hooks = hooks
+    if cfg.get('train_cfg', None):
+        cfg.train_cfg = exact_resume_loop_cfg(cfg.train_cfg)
     return cfg
 
 

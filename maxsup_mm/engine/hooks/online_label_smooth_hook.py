@@ -1,5 +1,6 @@
 """Epoch switch of Online Label Smoothing's soft-label matrix."""
-from mmengine.hooks import Hook
+from mmengine.dist import get_rank, get_world_size
+from mmengine.hooks import CheckpointHook, Hook
 from mmengine.model import is_model_wrapper
 from mmengine.registry import HOOKS
 
@@ -14,6 +15,14 @@ class OnlineLabelSmoothHook(Hook):
     The statistics are summed over all DDP ranks first, so every rank starts
     the next epoch with the same matrix.  Runs before the checkpoint hook, so
     a checkpoint saved at the end of an epoch holds the switched matrix.
+
+    A checkpoint written in the middle of an epoch
+    (``CheckpointHook(by_epoch=False)``) holds the statistics of the epoch so
+    far, but only rank 0's buffers.  So under DDP, right before such a
+    checkpoint, the statistics of all ranks are moved to rank 0 (one
+    all-reduce; their sum, all the epoch switch uses, is unchanged), and on
+    resuming the other ranks start from zero statistics: the resumed run
+    switches to the same matrix as the uninterrupted one.
 
     Example:
         >>> custom_hooks = [dict(type='OnlineLabelSmoothHook')]
@@ -44,3 +53,33 @@ class OnlineLabelSmoothHook(Hook):
     def after_train_epoch(self, runner) -> None:
         for loss in self.find_losses(runner):
             loss.epoch_update()
+
+    @staticmethod
+    def checkpoint_follows(runner) -> bool:
+        """Whether a ``CheckpointHook`` saves after this training iteration
+        (its own test, as in ``CheckpointHook.after_train_iter``)."""
+        for hook in runner.hooks:
+            if isinstance(hook, CheckpointHook) and not hook.by_epoch and (
+                    hook.every_n_train_iters(runner, hook.interval,
+                                             hook.save_begin) or
+                    (hook.save_last and hook.is_last_train_iter(runner))):
+                return True
+        return False
+
+    def after_train_iter(self, runner, batch_idx: int, data_batch=None,
+                         outputs=None) -> None:
+        if get_world_size() > 1 and self.checkpoint_follows(runner):
+            for loss in self.find_losses(runner):
+                loss.consolidate_statistics()
+
+    def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
+        """Rank 0's checkpointed statistics are the sum over all ranks
+        (:meth:`after_train_iter`): the other ranks start from zeros."""
+        if get_rank() == 0 or 'state_dict' not in checkpoint:
+            return
+        state = checkpoint['state_dict']
+        for key in list(state):
+            prefix, _, name = key.rpartition('.')
+            matrix = f'{prefix}.supervise' if prefix else 'supervise'
+            if name in OnlineLabelSmoothLoss.STATISTICS and matrix in state:
+                state[key] = state[key].new_zeros(state[key].shape)

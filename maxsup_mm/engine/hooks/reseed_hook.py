@@ -31,8 +31,10 @@ class ReseedHook(Hook):
     (validation, data loader start-up and augmentations have consumed
     numbers in between), and Mixup/CutMix draws, dropout and data
     augmentation differ.  This hook re-seeds Python, numpy and torch before
-    every training epoch (before the data loader's workers are seeded) and
-    before every training iteration.  Costs a few microseconds an iteration.
+    every training epoch (before the data loader's workers are seeded),
+    before fetching every training batch (augmentation in the main process;
+    called by the loops of :mod:`maxsup_mm.engine.loops`) and before every
+    training iteration.  Costs a few microseconds an iteration.
 
     Args:
         seed (int, optional): base seed; defaults to the runner's seed.
@@ -47,6 +49,12 @@ class ReseedHook(Hook):
 
     def before_train_epoch(self, runner) -> None:
         reseed_all(derived_seed(self._base(runner), 0, runner.epoch,
+                                get_rank()))
+
+    def before_train_fetch(self, runner, batch_idx: int) -> None:
+        """Called by :mod:`maxsup_mm.engine.loops` right before the batch of
+        iteration ``runner.iter`` is fetched from the data loader."""
+        reseed_all(derived_seed(self._base(runner), 2, runner.iter,
                                 get_rank()))
 
     def before_train_iter(self, runner, batch_idx: int,

@@ -10,6 +10,37 @@ from .base import BaseClsLoss, check_nonnegative
 from .functional import cross_entropy, soft_cross_entropy
 
 
+#: first-epoch soft-label matrices (see :func:`initial_soft_labels`)
+INITS = ('label_smoothing', 'zeros', 'uniform')
+#: soft label of a class without a correctly classified sample in an epoch
+NEVER_CORRECT = ('keep', 'uniform', 'zeros')
+
+
+def initial_soft_labels(num_classes: int, init: str = 'label_smoothing',
+                        smoothing: float = 0.1) -> torch.Tensor:
+    """The ``(K, K)`` soft-label matrix of the first epoch (column ``c`` is
+    the soft label of class ``c``).
+
+    * ``'label_smoothing'``: ``1 - smoothing`` on the diagonal,
+      ``smoothing / (K - 1)`` elsewhere (the OLS in the MaxSup authors'
+      release, ``Conv/ffcv/losses.py``);
+    * ``'zeros'``: no soft term in the first epoch, which trains with
+      ``alpha * CE`` only (Zhang et al.'s CIFAR / ImageNet release);
+    * ``'uniform'``: ``1 / K`` everywhere (Zhang et al.'s fine-grained
+      release).
+    """
+    if init == 'label_smoothing':
+        matrix = torch.full((num_classes, num_classes),
+                            smoothing / (num_classes - 1))
+        return matrix.fill_diagonal_(1. - smoothing)
+    if init == 'zeros':
+        return torch.zeros(num_classes, num_classes)
+    if init == 'uniform':
+        return torch.full((num_classes, num_classes), 1. / num_classes)
+    raise ValueError(f'OnlineLabelSmoothLoss: init must be one of {INITS}, '
+                     f'got {init!r}')
+
+
 @MODELS.register_module()
 class OnlineLabelSmoothLoss(BaseClsLoss):
     r"""Online Label Smoothing (OLS), Zhang et al., "Delving Deep into Label
@@ -18,8 +49,23 @@ class OnlineLabelSmoothLoss(BaseClsLoss):
     The soft label of class :math:`c` is column :math:`S_{:,c}` of a
     :math:`K \times K` matrix built from the *previous* epoch: the mean
     predicted distribution of the training samples of class :math:`c` that
-    were classified correctly.  The first epoch uses ordinary label smoothing
-    (``1 - smoothing`` on the diagonal, ``smoothing / (K - 1)`` elsewhere).
+    were classified correctly (samples with non-finite logits never count).
+    Two details are not fixed by the method and differ between releases:
+
+    * the first epoch's matrix (``init``): by default ordinary label
+      smoothing (``1 - smoothing`` on the diagonal, ``smoothing / (K - 1)``
+      elsewhere), as in the MaxSup authors' OLS; Zhang et al.'s CIFAR /
+      ImageNet release starts from zeros (``init='zeros'``: the first epoch
+      trains with ``alpha * CE`` alone), their fine-grained one from
+      ``1 / K`` (``init='uniform'``);
+    * a class without a single correctly classified sample in an epoch
+      (``never_correct``): by default it keeps its previous column
+      (``'keep'``: no new estimate, so the last one stays); Zhang et al.'s
+      release sets it to ``1 / K`` (``'uniform'``), the MaxSup authors' port
+      to zeros (``'zeros'``: no soft term for that class).
+
+    ``init='zeros', never_correct='uniform'`` reproduces Zhang et al.'s
+    CIFAR / ImageNet training script.
 
     .. math::
         L = \alpha H(y, q) + (1 - \alpha) H(S_{:,y}, q)
@@ -43,18 +89,28 @@ class OnlineLabelSmoothLoss(BaseClsLoss):
         num_classes (int): number of classes ``K``.
         alpha (float): weight of the hard-label CE, in ``[0, 1]``.
             Defaults to 0.5.
-        smoothing (float): label smoothing of the first epoch's matrix.
-            Defaults to 0.1.
+        smoothing (float): label smoothing of the first epoch's matrix
+            (``init='label_smoothing'``). Defaults to 0.1.
+        init (str): first-epoch matrix, ``'label_smoothing'`` (default),
+            ``'zeros'`` or ``'uniform'``; see :func:`initial_soft_labels`.
+        never_correct (str): soft label of a class that had no correctly
+            classified sample in an epoch: ``'keep'`` (default, its previous
+            column), ``'uniform'`` (``1 / K``) or ``'zeros'``.
         reduction (str): ``'none'``, ``'mean'`` or ``'sum'``.
         loss_weight (float): weight of the loss. Defaults to 1.0.
     """
+
+    #: the buffers holding the statistics of the current epoch
+    STATISTICS = ('update', 'idx_count')
 
     def __init__(self,
                  num_classes: int,
                  alpha: float = 0.5,
                  smoothing: float = 0.1,
                  reduction: str = 'mean',
-                 loss_weight: float = 1.0):
+                 loss_weight: float = 1.0,
+                 init: str = 'label_smoothing',
+                 never_correct: str = 'keep'):
         super().__init__(reduction=reduction, loss_weight=loss_weight)
         if not isinstance(num_classes, int) or num_classes < 2:
             raise ValueError(f'OnlineLabelSmoothLoss: num_classes must be an '
@@ -64,11 +120,14 @@ class OnlineLabelSmoothLoss(BaseClsLoss):
         if self.alpha > 1 or smoothing > 1:
             raise ValueError('OnlineLabelSmoothLoss: alpha and smoothing must '
                              f'lie in [0, 1], got {alpha} and {smoothing}')
+        if never_correct not in NEVER_CORRECT:
+            raise ValueError('OnlineLabelSmoothLoss: never_correct must be '
+                             f'one of {NEVER_CORRECT}, got {never_correct!r}')
         self.num_classes = num_classes
-        supervise = torch.full((num_classes, num_classes),
-                               smoothing / (num_classes - 1))
-        supervise.fill_diagonal_(1. - smoothing)
-        self.register_buffer('supervise', supervise)
+        self.init = init
+        self.never_correct = never_correct
+        self.register_buffer(
+            'supervise', initial_soft_labels(num_classes, init, smoothing))
         self.register_buffer('update', torch.zeros(num_classes, num_classes))
         self.register_buffer('idx_count', torch.zeros(num_classes))
         self.hook_attached = False
@@ -85,31 +144,58 @@ class OnlineLabelSmoothLoss(BaseClsLoss):
         """Add the predictions of correctly classified samples to the stats."""
         probs = F.softmax(cls_score.detach().float(), dim=1)
         hard = label.argmax(dim=1) if label.dim() == 2 else label
-        correct = probs.argmax(dim=1) == hard
+        # argmax of a NaN row is the NaN's index: such rows never count
+        correct = (probs.argmax(dim=1) == hard) & \
+            torch.isfinite(probs).all(dim=1)
         hard = hard[correct]
-        self.idx_count.index_add_(0, hard,
-                                  torch.ones_like(hard, dtype=torch.float))
+        self.idx_count.index_add_(
+            0, hard, torch.ones_like(hard, dtype=self.idx_count.dtype))
         self.update.index_add_(1, hard, probs[correct].t().to(self.update))
+
+    @torch.no_grad()
+    def consolidate_statistics(self) -> None:
+        """Move the statistics of every DDP rank to rank 0 (sum there, zeros
+        elsewhere); the sum over ranks, all :meth:`epoch_update` uses, is
+        unchanged.  Called before a mid-epoch checkpoint, which holds rank
+        0's buffers only."""
+        if dist.get_world_size() == 1:
+            return
+        for name in self.STATISTICS:
+            buf = getattr(self, name)
+            dist.all_reduce(buf, op='sum')
+            if dist.get_rank() != 0:
+                buf.zero_()
 
     @torch.no_grad()
     def epoch_update(self) -> None:
         """Sum the statistics over ranks and switch to the new matrix.
 
-        Classes without a single correctly classified sample keep their
-        previous column.
+        Classes without a single correctly classified sample get the column
+        ``never_correct`` says (by default they keep their previous one).
         """
         if dist.get_world_size() > 1:
             dist.all_reduce(self.update, op='sum')
             dist.all_reduce(self.idx_count, op='sum')
         seen = self.idx_count > 0
         new = self.update / self.idx_count.clamp(min=1)
-        self.supervise.copy_(torch.where(seen.unsqueeze(0), new,
-                                         self.supervise))
+        if self.never_correct == 'keep':
+            fallback = self.supervise
+        else:
+            fill = 1. / self.num_classes \
+                if self.never_correct == 'uniform' else 0.
+            fallback = torch.full_like(self.supervise, fill)
+        self.supervise.copy_(torch.where(seen.unsqueeze(0), new, fallback))
         self.update.zero_()
         self.idx_count.zero_()
 
     def loss_per_sample(self, cls_score: torch.Tensor,
                         label: torch.Tensor) -> torch.Tensor:
+        if cls_score.shape[1] != self.num_classes:
+            raise ValueError(
+                f'OnlineLabelSmoothLoss: num_classes={self.num_classes} but '
+                f'the logits have {cls_score.shape[1]} classes (shape '
+                f'{tuple(cls_score.shape)}); set num_classes to the head\'s '
+                'num_classes')
         if self.training:
             if not self.hook_attached and not self._warned:
                 warnings.warn('OnlineLabelSmoothLoss is training without '
@@ -123,4 +209,5 @@ class OnlineLabelSmoothLoss(BaseClsLoss):
             (1. - self.alpha) * soft_cross_entropy(cls_score, soft)
 
     def extra_repr(self) -> str:
-        return f'num_classes={self.num_classes}, alpha={self.alpha}'
+        return (f'num_classes={self.num_classes}, alpha={self.alpha}, '
+                f'init={self.init!r}, never_correct={self.never_correct!r}')
