@@ -254,7 +254,9 @@ def test_compare_subprocess_and_bad_spec(resnet_run, tmp_path):
     with pytest.raises(ValueError, match='CONFIG:CHECKPOINT'):
         parse_run_spec('just_a_config.py')
     cfg, ckpt = resnet_run
-    env = dict(os.environ, OMP_NUM_THREADS='2')
+    # the script imports maxsup_mm as installed; PYTHONPATH makes that this
+    # checkout (the package is installed editable from another one here)
+    env = dict(os.environ, OMP_NUM_THREADS='2', PYTHONPATH=ROOT)
     proc = subprocess.run(
         [sys.executable, osp.join(TOOLS, 'compare.py'), f'{cfg}:{ckpt}',
          '--out', str(tmp_path / 'r'), '--analyses', 'accuracy',
@@ -410,4 +412,51 @@ def test_probe_on_a_downstream_dataset(cifar_probe, tmp_path):
         'metrics']['probe']
     assert probe['num_train'] == 50 and probe['num_test'] == 20
     assert 0 <= probe['accuracy'] <= 1
-    assert result is not None
+    ours = result.runs[0].metrics['probe']
+    assert (ours['accuracy'], ours['C']) == (probe['accuracy'], probe['C'])
+    assert result.groups['MaxSup'].values['probe.accuracy'] == [
+        probe['accuracy']]
+    # the same through the command line (features from the cache)
+    report = _load_tool('analyze').main(
+        ['linear-probe', cfg, ckpt, '--probe-config', data_cfg,
+         '--probe-test-split', 'test', '--out', str(tmp_path / 'cli'),
+         '--device', 'cpu', '--quiet', '--cache-dir',
+         str(tmp_path / 'cache')])
+    text = open(report).read()
+    assert f'`{data_cfg}`' in text and 'scored on `test`' in text
+    cli = json.loads((tmp_path / 'cli' / 'metrics.json').read_text())[0]
+    assert cli['metrics']['probe']['accuracy'] == probe['accuracy']
+
+
+# ---------------------------------------------------------------------------
+# one command-line entry; the per-analysis scripts are thin wrappers
+# ---------------------------------------------------------------------------
+def test_one_entry_and_thin_wrappers(resnet_run, tmp_path, capsys):
+    import ast
+    scripts = sorted(f for f in os.listdir(TOOLS) if f.endswith('.py'))
+    assert 'analyze.py' in scripts and len(scripts) == 9
+    for name in scripts:
+        text = open(osp.join(TOOLS, name)).read()
+        assert 'sys.path' not in text, name
+        if name != 'analyze.py':   # the entry, one command, nothing else
+            body = ast.parse(text).body
+            assert len(body) == 4 and 'run_command(' in text, name
+    analyze = _load_tool('analyze')
+    with pytest.raises(SystemExit):
+        analyze.main(['--help'])
+    helptext = capsys.readouterr().out
+    for command in analyze.COMMANDS:
+        assert command in helptext
+    cfg, ckpt = resnet_run
+    report = analyze.main(
+        ['calibration', cfg, ckpt, '--out', str(tmp_path / 'o'), '--name',
+         'tiny', '--device', 'cpu', '--quiet', '--cache-dir',
+         str(tmp_path / 'c')])
+    assert report == str(tmp_path / 'o' / 'report.md')
+    assert _is_png(tmp_path / 'o' / 'reliability_tiny.png')
+    with pytest.raises(SystemExit) as exc:
+        analyze.main(['calibration', cfg, str(tmp_path / 'none.pth'),
+                      '--device', 'cpu', '--quiet'])
+    message = str(exc.value.code)
+    assert message.startswith('analyze.py calibration: error: ')
+    assert 'none.pth' in message and '\n' not in message

@@ -37,9 +37,9 @@ from maxsup_mm.analysis import (ANALYSES, CompareSettings, ExtractionOptions,
 from maxsup_mm.checkpoint import CheckpointError
 from maxsup_mm.fileio import exit_on_sigterm
 
-WRITES = ('Writes `report.md`, `metrics.json`{} to `--out` (default: '
-          '`<checkpoint dir>/analysis/<config name>`). See `--help` and the '
-          'README\'s "Analysis toolkit" section.')
+WRITES = ('Writes {} to `--out`\n(default: '
+          '`<checkpoint dir>/analysis/<config name>`). The same as\n'
+          '`analyze.py {}`; see the README\'s "Analysis toolkit" section.')
 
 
 class Command(NamedTuple):
@@ -52,7 +52,10 @@ class Command(NamedTuple):
 def _single(summary: str, details: str, name: str, writes: str) -> str:
     usage = (f'Usage::\n\n    python tools/analysis/{name}.py CONFIG '
              'CHECKPOINT \\\n        [--split val] [--out DIR]')
-    return f'{summary}\n\n{details}\n\n{usage}\n\n{WRITES.format(writes)}\n'
+    files = ('`report.md`, `metrics.json`' + writes if writes else
+             '`report.md` and `metrics.json`')
+    writes = WRITES.format(files, name.replace('_', '-'))
+    return f'{summary}\n\n{details}\n\n{usage}\n\n{writes}\n'
 
 
 COMMANDS = {
@@ -312,7 +315,7 @@ def run_command(name: str, argv: Optional[Sequence[str]] = None,
 
 def main(argv: Optional[Sequence[str]] = None):
     parser = argparse.ArgumentParser(
-        description=__doc__,
+        prog=osp.basename(__file__), description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('command', choices=list(COMMANDS))
     parser.add_argument('args', nargs=argparse.REMAINDER,
