@@ -1,7 +1,7 @@
 """maxsup_mm: Max Suppression regularization (MaxSup) for OpenMMLab.
 
-``import maxsup_mm`` registers the losses, heads and hooks in mmpretrain's
-registries (and mmseg's, where mmsegmentation is installed), and makes
+``import maxsup_mm`` registers the losses, heads, hooks and metrics in
+mmpretrain's registries (and mmseg's, where mmsegmentation is installed), and makes
 mmengine load local checkpoints through :func:`maxsup_mm.checkpoint.load_checkpoint`
 (``weights_only=True`` with an allowlist of benign types).  From an upstream
 config::
@@ -14,7 +14,7 @@ from .checkpoint import install_mmengine_loader, register_safe_globals
 register_safe_globals()
 install_mmengine_loader()
 
-from . import engine, models  # noqa: F401,E402
+from . import engine, evaluation, models  # noqa: F401,E402
 from .models.losses import MaxSupLoss, maxsup_cross_entropy  # noqa: F401,E402
 
 __version__ = '0.1.0'

@@ -7,7 +7,10 @@ import pytest
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 HELPERS = osp.join(ROOT, 'tests', 'helpers')  # fault hooks, malicious pickle
-for path in (HELPERS, ROOT):
+# the tools/analysis scripts import their entry (``analyze``) from their own
+# folder, which is on sys.path when they run as scripts
+ANALYSIS_TOOLS = osp.join(ROOT, 'tools', 'analysis')
+for path in (HELPERS, ROOT, ANALYSIS_TOOLS):
     if path not in sys.path:
         sys.path.insert(0, path)
 

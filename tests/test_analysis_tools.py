@@ -254,7 +254,9 @@ def test_compare_subprocess_and_bad_spec(resnet_run, tmp_path):
     with pytest.raises(ValueError, match='CONFIG:CHECKPOINT'):
         parse_run_spec('just_a_config.py')
     cfg, ckpt = resnet_run
-    env = dict(os.environ, OMP_NUM_THREADS='2')
+    # the script imports maxsup_mm as installed; PYTHONPATH makes that this
+    # checkout (the package is installed editable from another one here)
+    env = dict(os.environ, OMP_NUM_THREADS='2', PYTHONPATH=ROOT)
     proc = subprocess.run(
         [sys.executable, osp.join(TOOLS, 'compare.py'), f'{cfg}:{ckpt}',
          '--out', str(tmp_path / 'r'), '--analyses', 'accuracy',
@@ -292,3 +294,169 @@ def test_gradcam_on_vit(imagenet_root, tmp_path):
          'cpu', '--num-images', '3', '--quiet', '--cache-dir',
          str(tmp_path / 'c')])
     assert _is_png(tmp_path / 'o' / 'gradcam_grid.png') and osp.isfile(report)
+
+
+# ---------------------------------------------------------------------------
+# linear probe on a downstream dataset (--probe-config / probe_cfg)
+# ---------------------------------------------------------------------------
+#: an ImageNet-style model (BGR files, to_rgb=True) evaluated at 40 px, with
+#: Mixup / CutMix and fewer classes (4) than CIFAR-10 has (10)
+PROBE_MODEL_CFG = """
+_base_ = 'mmpretrain::resnet/resnet18_8xb32_in1k.py'
+custom_imports = dict(imports=['maxsup_mm'], allow_failed_imports=False)
+model = dict(
+    backbone=dict(type='ResNet_CIFAR', depth=18, stem_channels=16,
+                  base_channels=16),
+    head=dict(num_classes=4, in_channels=128, topk=(1, ),
+              loss=dict(type='MaxSupLoss', alpha=0.1)),
+    train_cfg=dict(augments=[dict(type='Mixup', alpha=0.8),
+                             dict(type='CutMix', alpha=1.0)]))
+data_preprocessor = dict(num_classes=4)
+test_pipeline = [dict(type='LoadImageFromFile'),
+                 dict(type='ResizeEdge', scale=46, edge='short'),
+                 dict(type='CenterCrop', crop_size=40),
+                 dict(type='PackInputs')]
+val_dataloader = dict(batch_size=8, num_workers=0, persistent_workers=False,
+                      dataset=dict(data_root={root!r},
+                                   pipeline=test_pipeline))
+test_dataloader = val_dataloader
+"""
+
+#: mmpretrain's own CIFAR-10 dataset config (RGB arrays, 32 px)
+CIFAR_CFG = """
+_base_ = 'mmpretrain::_base_/datasets/cifar10_bs16.py'
+train_dataloader = dict(num_workers=0, persistent_workers=False,
+                        dataset=dict(data_root={root!r}))
+test_dataloader = dict(num_workers=0, persistent_workers=False,
+                       dataset=dict(data_root={root!r}))
+val_dataloader = test_dataloader
+"""
+
+
+@pytest.fixture
+def cifar_probe(imagenet_root, tmp_path, monkeypatch):
+    """(model config, random-weight checkpoint, CIFAR-10 config, root)."""
+    from cifar_md5_off import switch_off_cifar10_md5
+    from mmpretrain.datasets import CIFAR10
+
+    from maxsup_mm.analysis import build_classifier
+    from maxsup_mm.datasets import write_cifar10
+    for attr in ('train_list', 'test_list', 'meta'):
+        monkeypatch.setattr(CIFAR10, attr, getattr(CIFAR10, attr))
+    switch_off_cifar10_md5()
+    cifar = write_cifar10(str(tmp_path / 'cifar10'), per_class=(5, 2))
+    cfg = tmp_path / 'probe_model.py'
+    cfg.write_text(PROBE_MODEL_CFG.format(root=imagenet_root))
+    data_cfg = tmp_path / 'cifar10.py'
+    data_cfg.write_text(CIFAR_CFG.format(root=cifar))
+    torch.manual_seed(0)
+    model = build_classifier(str(cfg), None, 'cpu')
+    model.init_weights()
+    ckpt = tmp_path / 'probe_model.pth'
+    torch.save({'state_dict': model.state_dict()}, str(ckpt))
+    return str(cfg), str(ckpt), str(data_cfg), cifar
+
+
+def _cifar_oracle(cfg, ckpt, cifar, files, size=40, swap=False):
+    """Penultimate features of the CIFAR pickles: PIL bicubic resize of the
+    RGB arrays, the model's (RGB) mean / std by hand, mmpretrain's own
+    model (``get_model``) without its data preprocessor."""
+    import pickle
+
+    from mmpretrain.apis import get_model
+    data, labels = [], []
+    for name in files:
+        with open(osp.join(cifar, 'cifar-10-batches-py', name), 'rb') as f:
+            entry = pickle.load(f)
+        data.append(entry['data'])
+        labels += entry['labels']
+    imgs = np.concatenate(data).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+    if swap:
+        imgs = imgs[..., ::-1]
+    x = torch.stack([torch.from_numpy(np.asarray(
+        Image.fromarray(np.ascontiguousarray(im)).resize(
+            (size, size), Image.BICUBIC), dtype=np.float32)).permute(2, 0, 1)
+        for im in imgs])
+    mean = torch.tensor([123.675, 116.28, 103.53]).view(1, 3, 1, 1)
+    std = torch.tensor([58.395, 57.12, 57.375]).view(1, 3, 1, 1)
+    model = get_model(cfg, pretrained=ckpt, device='cpu').eval()
+    with torch.no_grad():
+        feats = model.head.pre_logits(model.extract_feat((x - mean) / std))
+    return feats.numpy(), np.asarray(labels)
+
+
+def test_probe_on_a_downstream_dataset(cifar_probe, tmp_path):
+    """``probe_cfg`` = mmpretrain's CIFAR-10 for an ImageNet-style model:
+    RGB arrays fed in the model's channel order, resized to the model's
+    input size (40), and no one-hot labels of the model's 4 classes (its
+    Mixup / CutMix) for CIFAR's 10."""
+    from maxsup_mm.analysis import compare, extract_features
+    cfg, ckpt, data_cfg, cifar = cifar_probe
+    for split, files in (('train', [f'data_batch_{i}' for i in
+                                    range(1, 6)]), ('test', ['test_batch'])):
+        got = extract_features(cfg, ckpt, split=split, data_cfg=data_cfg,
+                               cache=False, progress=False, device='cpu')
+        want, labels = _cifar_oracle(cfg, ckpt, cifar, files)
+        order = np.argsort(got['indices'])
+        np.testing.assert_array_equal(got['labels'][order], labels)
+        np.testing.assert_allclose(got['features'][order], want, rtol=1e-4,
+                                   atol=1e-4)
+    # not trivially equal: the channel order matters to these features
+    swapped, _ = _cifar_oracle(cfg, ckpt, cifar, ['test_batch'], swap=True)
+    assert np.abs(swapped - want).max() > 1e-3
+    result = compare([('MaxSup', cfg, ckpt)], str(tmp_path / 'out'),
+                     analyses=['probe'], probe_cfg=data_cfg,
+                     probe_test_split='test', device='cpu', progress=False,
+                     cache_dir=str(tmp_path / 'cache'))
+    probe = json.loads((tmp_path / 'out' / 'metrics.json').read_text())[0][
+        'metrics']['probe']
+    assert probe['num_train'] == 50 and probe['num_test'] == 20
+    assert 0 <= probe['accuracy'] <= 1
+    ours = result.runs[0].metrics['probe']
+    assert (ours['accuracy'], ours['C']) == (probe['accuracy'], probe['C'])
+    assert result.groups['MaxSup'].values['probe.accuracy'] == [
+        probe['accuracy']]
+    # the same through the command line (features from the cache)
+    report = _load_tool('analyze').main(
+        ['linear-probe', cfg, ckpt, '--probe-config', data_cfg,
+         '--probe-test-split', 'test', '--out', str(tmp_path / 'cli'),
+         '--device', 'cpu', '--quiet', '--cache-dir',
+         str(tmp_path / 'cache')])
+    text = open(report).read()
+    assert f'`{data_cfg}`' in text and 'scored on `test`' in text
+    cli = json.loads((tmp_path / 'cli' / 'metrics.json').read_text())[0]
+    assert cli['metrics']['probe']['accuracy'] == probe['accuracy']
+
+
+# ---------------------------------------------------------------------------
+# one command-line entry; the per-analysis scripts are thin wrappers
+# ---------------------------------------------------------------------------
+def test_one_entry_and_thin_wrappers(resnet_run, tmp_path, capsys):
+    import ast
+    scripts = sorted(f for f in os.listdir(TOOLS) if f.endswith('.py'))
+    assert 'analyze.py' in scripts and len(scripts) == 9
+    for name in scripts:
+        text = open(osp.join(TOOLS, name)).read()
+        assert 'sys.path' not in text, name
+        if name != 'analyze.py':   # the entry, one command, nothing else
+            body = ast.parse(text).body
+            assert len(body) == 4 and 'run_command(' in text, name
+    analyze = _load_tool('analyze')
+    with pytest.raises(SystemExit):
+        analyze.main(['--help'])
+    helptext = capsys.readouterr().out
+    for command in analyze.COMMANDS:
+        assert command in helptext
+    cfg, ckpt = resnet_run
+    report = analyze.main(
+        ['calibration', cfg, ckpt, '--out', str(tmp_path / 'o'), '--name',
+         'tiny', '--device', 'cpu', '--quiet', '--cache-dir',
+         str(tmp_path / 'c')])
+    assert report == str(tmp_path / 'o' / 'report.md')
+    assert _is_png(tmp_path / 'o' / 'reliability_tiny.png')
+    with pytest.raises(SystemExit) as exc:
+        analyze.main(['calibration', cfg, str(tmp_path / 'none.pth'),
+                      '--device', 'cpu', '--quiet'])
+    message = str(exc.value.code)
+    assert message.startswith('analyze.py calibration: error: ')
+    assert 'none.pth' in message and '\n' not in message

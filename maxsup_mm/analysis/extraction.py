@@ -16,7 +16,7 @@ import os
 import os.path as osp
 import sys
 import zipfile
-from typing import Dict, Optional, Union
+from typing import Dict, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -26,34 +26,15 @@ from maxsup_mm.checkpoint import (CheckpointError, check_finite,
                                   load_checkpoint, load_state_dict_checked)
 from maxsup_mm.fileio import atomic_write
 
+from .data import (build_split_dataset, input_size, load_analysis_config,
+                   match_channel_order, unpack_batch_images)
+
 __all__ = ['extract_features', 'load_analysis_config', 'build_classifier',
            'load_weights', 'build_split_dataset', 'find_classifier_layer',
            'unpack_batch_images', 'CACHE_VERSION']
 
 #: bump when the content of the cache files changes
 CACHE_VERSION = 2
-SPLITS = ('train', 'val', 'test')
-
-
-def load_analysis_config(cfg, cfg_options: Optional[dict] = None):
-    """A config path or :class:`mmengine.config.Config`, ready to build.
-
-    Registers ``maxsup_mm`` and the upstream modules of the config's scope.
-    """
-    from mmengine.config import Config
-
-    from maxsup_mm.apis import register_all
-    if isinstance(cfg, (str, os.PathLike)):
-        cfg = Config.fromfile(str(cfg))
-    elif not isinstance(cfg, Config):
-        raise TypeError(f'cfg must be a path or an mmengine Config, got '
-                        f'{type(cfg).__name__}')
-    else:
-        cfg = copy.deepcopy(cfg)
-    if cfg_options:
-        cfg.merge_from_dict(cfg_options)
-    register_all(cfg)
-    return cfg
 
 
 def load_weights(model: nn.Module, checkpoint: str) -> dict:
@@ -79,20 +60,38 @@ def load_weights(model: nn.Module, checkpoint: str) -> dict:
     return ckpt
 
 
+def _inference_model_cfg(cfg):
+    """``cfg.model`` for inference: the config's top-level
+    ``data_preprocessor`` merged in (as mmengine's Runner and
+    ``mmpretrain.get_model`` do) unless the model has its own, and no batch
+    augments (Mixup / CutMix would make the preprocessor one-hot the labels
+    in the model's classes)."""
+    model_cfg = copy.deepcopy(cfg.model)
+    if cfg.get('data_preprocessor', None) is not None:
+        model_cfg.setdefault('data_preprocessor',
+                             copy.deepcopy(cfg.data_preprocessor))
+    model_cfg.pop('train_cfg', None)   # ImageClassifier's batch augments
+    pre = model_cfg.get('data_preprocessor', None)
+    if pre is not None:
+        pre.pop('batch_augments', None)
+        if 'to_onehot' in pre:
+            pre['to_onehot'] = False
+    return model_cfg
+
+
 def build_classifier(cfg, checkpoint: Optional[str] = None,
                      device: Optional[str] = None) -> nn.Module:
-    """Build ``cfg.model`` (mmpretrain), load the checkpoint, eval mode.
+    """Build ``cfg.model`` (mmpretrain) for inference, load the checkpoint,
+    eval mode.
 
     Like mmengine's Runner (and ``mmpretrain.get_model``), a top-level
     ``data_preprocessor`` of the config (mean / std, BGR -> RGB) is merged
-    into the model config unless the model defines its own.
+    into the model config unless the model defines its own; the training
+    batch augments are left out.
     """
     from mmpretrain.registry import MODELS
     cfg = load_analysis_config(cfg)
-    model_cfg = copy.deepcopy(cfg.model)
-    if cfg.get('data_preprocessor', None) is not None:
-        model_cfg.setdefault('data_preprocessor', cfg.data_preprocessor)
-    model = MODELS.build(model_cfg)
+    model = MODELS.build(_inference_model_cfg(cfg))
     if checkpoint is not None:
         load_weights(model, checkpoint)
     device = device or ('cuda' if torch.cuda.is_available() else 'cpu')
@@ -109,67 +108,6 @@ def find_classifier_layer(model: nn.Module) -> nn.Linear:
     return linears[-1]
 
 
-def _set_pipeline(ds_cfg, pipeline):
-    """Replace the pipeline of a dataset config (through dataset wrappers)."""
-    if 'pipeline' in ds_cfg:
-        ds_cfg['pipeline'] = copy.deepcopy(pipeline)
-    elif 'dataset' in ds_cfg:
-        _set_pipeline(ds_cfg['dataset'], pipeline)
-    elif 'datasets' in ds_cfg:
-        for sub in ds_cfg['datasets']:
-            _set_pipeline(sub, pipeline)
-    else:
-        raise ValueError('cannot find the pipeline of the dataset config')
-
-
-def _find_pipeline(ds_cfg):
-    if 'pipeline' in ds_cfg:
-        return ds_cfg['pipeline']
-    if 'dataset' in ds_cfg:
-        return _find_pipeline(ds_cfg['dataset'])
-    if 'datasets' in ds_cfg:
-        return _find_pipeline(ds_cfg['datasets'][0])
-    raise ValueError('cannot find the pipeline of the dataset config')
-
-
-def build_split_dataset(cfg, split: str = 'val'):
-    """The dataset of a config split, with the deterministic test pipeline.
-
-    ``'val'`` / ``'test'`` use ``val_dataloader`` / ``test_dataloader`` as
-    they are; ``'train'`` uses ``train_dataloader``'s dataset with the
-    *test* pipeline (no augmentation), as feature statistics on the train
-    split (Table 9) require.
-    """
-    from mmpretrain.registry import DATASETS
-    if split not in SPLITS:
-        raise ValueError(f'split must be one of {SPLITS}, got {split!r}')
-    cfg = load_analysis_config(cfg)
-    loader = cfg.get(f'{split}_dataloader', None)
-    if not loader:
-        raise ValueError(f'the config has no {split}_dataloader')
-    ds_cfg = copy.deepcopy(loader['dataset'])
-    if split == 'train':
-        ref = cfg.get('test_dataloader', None) or cfg.get('val_dataloader')
-        if not ref:
-            raise ValueError('a train split needs the test pipeline of '
-                             'test_dataloader / val_dataloader')
-        _set_pipeline(ds_cfg, _find_pipeline(ref['dataset']))
-    return DATASETS.build(ds_cfg)
-
-
-def unpack_batch_images(inputs, to_rgb: bool) -> np.ndarray:
-    """Pipeline outputs (uint8 ``C, H, W`` tensors) -> ``(N, H, W, 3)`` RGB."""
-    imgs = []
-    for x in inputs:
-        img = x.detach().cpu().numpy().transpose(1, 2, 0)
-        if img.shape[2] == 1:
-            img = np.repeat(img, 3, axis=2)
-        elif to_rgb:
-            img = img[..., ::-1]
-        imgs.append(np.ascontiguousarray(img).astype(np.uint8))
-    return np.stack(imgs)
-
-
 def _file_id(path: str) -> dict:
     st = os.stat(path)
     return dict(path=osp.abspath(path), size=st.st_size,
@@ -183,15 +121,31 @@ def _cfg_text(cfg) -> str:
         return cfg.pretty_text
 
 
-def _cache_key(cfg, checkpoint, split, max_samples, seed, data_cfg=None
-               ) -> str:
+def _cache_key(cfg, checkpoint, split, max_samples, seed, data_cfg=None,
+               size=None) -> str:
     text = _cfg_text(cfg)
     if data_cfg is not None:
-        text += _cfg_text(data_cfg)
+        text += _cfg_text(data_cfg) + json.dumps(dict(size=size))
     blob = json.dumps(dict(cfg=text, ckpt=_file_id(checkpoint), split=split,
                            max_samples=max_samples, seed=seed,
                            version=CACHE_VERSION), sort_keys=True)
     return hashlib.sha1(blob.encode()).hexdigest()[:12]
+
+
+def _cache_path(cache, cache_dir, checkpoint, split, key) -> str:
+    if isinstance(cache, str):
+        return cache
+    folder = cache_dir or osp.join(osp.dirname(osp.abspath(checkpoint)),
+                                   'analysis_cache')
+    stem = osp.splitext(osp.basename(checkpoint))[0]
+    return osp.join(folder, f'{stem}_{split}_{key}.npz')
+
+
+def _write_cache(path: str, key: str, arrays: dict) -> None:
+    with atomic_write(path, 'wb') as f:
+        np.savez_compressed(f, cache_key=np.asarray(key), **{
+            k: (np.asarray(v, dtype=str) if k == 'classes' else v)
+            for k, v in arrays.items()})
 
 
 def _read_cache(path: str, key: str) -> Optional[dict]:
@@ -231,6 +185,80 @@ def _progress(total: int, enabled: bool):
     return ProgressBar(total, file=sys.stderr)
 
 
+def _subset(dataset, max_samples: Optional[int], seed: int):
+    """The dataset (or a random subset of ``max_samples``) and its indices."""
+    indices = np.arange(len(dataset))
+    if max_samples is not None and max_samples < len(dataset):
+        rng = np.random.default_rng(seed)
+        indices = np.sort(rng.choice(len(dataset), max_samples,
+                                     replace=False))
+        dataset = torch.utils.data.Subset(dataset, indices.tolist())
+    return dataset, indices
+
+
+def _forward_pass(model, fc, dataset, batch_size, num_workers, progress
+                  ) -> Dict[str, np.ndarray]:
+    """Inputs and outputs of ``fc`` and the labels, over the dataset."""
+    from mmengine.dataset import pseudo_collate
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=batch_size, shuffle=False,
+        num_workers=num_workers, collate_fn=pseudo_collate)
+    dev = next(model.parameters()).device
+    captured = {}
+
+    def hook(module, inputs, output):
+        captured['features'] = inputs[0].detach()
+        captured['logits'] = output.detach()
+
+    handle = fc.register_forward_hook(hook)
+    feats, logits, labels = [], [], []
+    bar = _progress(len(dataset), progress)
+    try:
+        with torch.no_grad():
+            for batch in loader:
+                data = model.data_preprocessor(batch, False)
+                model(data['inputs'].to(dev), mode='tensor')
+                feats.append(captured['features'].flatten(1).float().cpu())
+                logits.append(captured['logits'].float().cpu())
+                labels.extend(int(s.gt_label.reshape(-1)[0])
+                              for s in data['data_samples'])
+                bar.update(len(data['data_samples']))
+    finally:
+        handle.remove()
+    if progress:
+        sys.stderr.write('\n')
+    return dict(features=torch.cat(feats).numpy(),
+                logits=torch.cat(logits).numpy(),
+                labels=np.asarray(labels, dtype=np.int64))
+
+
+def _layer_arrays(fc: nn.Linear, dataset) -> dict:
+    """Class templates (weight rows), bias and class names of ``fc``."""
+    base = dataset.dataset if isinstance(dataset, torch.utils.data.Subset) \
+        else dataset
+    classes = list(getattr(base, 'metainfo', {}).get('classes', None) or [])
+    num_classes = fc.out_features
+    classes = [str(c) for c in classes[:num_classes]]
+    if len(classes) < num_classes:
+        classes = [str(i) for i in range(num_classes)]
+    bias = fc.bias.detach().float().cpu().numpy() if fc.bias is not None \
+        else np.zeros(num_classes, np.float32)
+    return dict(weight=fc.weight.detach().float().cpu().numpy(), bias=bias,
+                classes=classes)
+
+
+def _configs(cfg, cfg_options, data_cfg, data_size):
+    """``(model config, data config, size of the data's images)``: a
+    downstream ``data_cfg`` gets the model's channel order and input size
+    (see :mod:`maxsup_mm.analysis.data`)."""
+    cfg = load_analysis_config(cfg, cfg_options)
+    if data_cfg is None:
+        return cfg, cfg, None
+    dcfg = load_analysis_config(data_cfg)
+    size = tuple(data_size) if data_size else input_size(cfg)
+    return match_channel_order(cfg, dcfg), dcfg, size
+
+
 def extract_features(cfg,
                      checkpoint: str,
                      split: str = 'val',
@@ -243,6 +271,7 @@ def extract_features(cfg,
                      seed: int = 0,
                      cfg_options: Optional[dict] = None,
                      data_cfg=None,
+                     data_size: Optional[Sequence[int]] = None,
                      progress: bool = True) -> Dict[str, np.ndarray]:
     """Penultimate features, logits and labels of a checkpoint on a split.
 
@@ -269,7 +298,13 @@ def extract_features(cfg,
         cfg_options (dict, optional): config overrides (of ``cfg``).
         data_cfg (str | Config, optional): take the data split from this
             config instead of ``cfg`` (a downstream dataset for the linear
-            probe: only the penultimate features are meaningful then).
+            probe: only the penultimate features are meaningful then).  Its
+            images reach the network in the channel order of the model's
+            own data and at the model's input size (see
+            :mod:`maxsup_mm.analysis.data`).
+        data_size (Sequence[int], optional): ``(w, h)`` the ``data_cfg``
+            images are resized to; default :func:`input_size` of ``cfg``
+            (no resize when unknown).
         progress (bool): show a progress bar.
 
     Returns:
@@ -278,86 +313,26 @@ def extract_features(cfg,
         indices), ``weight`` ``(K, D)`` and ``bias`` ``(K,)`` of the final
         linear layer, ``classes`` (class names) and ``cache_path``.
     """
-    from mmengine.dataset import pseudo_collate
-    cfg = load_analysis_config(cfg, cfg_options)
-    dcfg = cfg if data_cfg is None else load_analysis_config(data_cfg)
+    cfg, dcfg, size = _configs(cfg, cfg_options, data_cfg, data_size)
     if max_samples is not None and max_samples < 1:
         raise ValueError(f'max_samples must be >= 1, got {max_samples}')
-
     cache_path = key = None
     if cache:
         key = _cache_key(cfg, checkpoint, split, max_samples, seed,
-                         None if data_cfg is None else dcfg)
-        if isinstance(cache, str):
-            cache_path = cache
-        else:
-            folder = cache_dir or osp.join(
-                osp.dirname(osp.abspath(checkpoint)), 'analysis_cache')
-            stem = osp.splitext(osp.basename(checkpoint))[0]
-            cache_path = osp.join(folder, f'{stem}_{split}_{key}.npz')
+                         None if data_cfg is None else dcfg, size)
+        cache_path = _cache_path(cache, cache_dir, checkpoint, split, key)
         cached = _read_cache(cache_path, key)
         if cached is not None:
             return cached
 
     model = build_classifier(cfg, checkpoint, device)
-    dev = next(model.parameters()).device
-    dataset = build_split_dataset(dcfg, split)
-    indices = np.arange(len(dataset))
-    if max_samples is not None and max_samples < len(dataset):
-        rng = np.random.default_rng(seed)
-        indices = np.sort(rng.choice(len(dataset), max_samples,
-                                     replace=False))
-        dataset = torch.utils.data.Subset(dataset, indices.tolist())
+    dataset, indices = _subset(build_split_dataset(dcfg, split, size),
+                               max_samples, seed)
     bs = batch_size or dcfg[f'{split}_dataloader'].get('batch_size', 32)
-    loader = torch.utils.data.DataLoader(
-        dataset, batch_size=bs, shuffle=False, num_workers=num_workers,
-        collate_fn=pseudo_collate)
-
     fc = find_classifier_layer(model)
-    captured = {}
-
-    def hook(module, inputs, output):
-        captured['features'] = inputs[0].detach()
-        captured['logits'] = output.detach()
-
-    handle = fc.register_forward_hook(hook)
-    feats, logits, labels = [], [], []
-    bar = _progress(len(indices), progress)
-    try:
-        with torch.no_grad():
-            for batch in loader:
-                data = model.data_preprocessor(batch, False)
-                model(data['inputs'].to(dev), mode='tensor')
-                feats.append(captured['features'].flatten(1).float().cpu())
-                logits.append(captured['logits'].float().cpu())
-                labels.extend(int(s.gt_label.reshape(-1)[0])
-                              for s in data['data_samples'])
-                bar.update(len(data['data_samples']))
-    finally:
-        handle.remove()
-    if progress:
-        sys.stderr.write('\n')
-
-    base = dataset.dataset if isinstance(dataset, torch.utils.data.Subset) \
-        else dataset
-    classes = list(getattr(base, 'metainfo', {}).get('classes', None) or [])
-    num_classes = fc.out_features
-    classes = [str(c) for c in classes[:num_classes]]
-    if len(classes) < num_classes:
-        classes = [str(i) for i in range(num_classes)]
-    out = dict(features=torch.cat(feats).numpy(),
-               logits=torch.cat(logits).numpy(),
-               labels=np.asarray(labels, dtype=np.int64),
-               indices=indices.astype(np.int64),
-               weight=fc.weight.detach().float().cpu().numpy(),
-               bias=(fc.bias.detach().float().cpu().numpy()
-                     if fc.bias is not None else
-                     np.zeros(num_classes, np.float32)),
-               classes=classes)
+    out = _forward_pass(model, fc, dataset, bs, num_workers, progress)
+    out.update(indices=indices.astype(np.int64), **_layer_arrays(fc, dataset))
     if cache_path:
-        with atomic_write(cache_path, 'wb') as f:
-            np.savez_compressed(f, cache_key=np.asarray(key), **{
-                k: (np.asarray(v, dtype=str) if k == 'classes' else v)
-                for k, v in out.items()})
+        _write_cache(cache_path, key, out)
     out['cache_path'] = cache_path
     return out

@@ -248,8 +248,9 @@ def gradcam_for_checkpoint(cfg,
     """
     from mmengine.dataset import pseudo_collate
 
-    from .extraction import (build_classifier, build_split_dataset,
-                             load_analysis_config, unpack_batch_images)
+    from .data import (build_split_dataset, load_analysis_config,
+                       unpack_batch_images)
+    from .extraction import build_classifier
     if target not in ('label', 'pred'):
         raise ValueError(f"target must be 'label' or 'pred', got {target!r}")
     cfg = load_analysis_config(cfg, cfg_options)

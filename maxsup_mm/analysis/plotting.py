@@ -1,30 +1,27 @@
-"""PNG figures of the analyses (matplotlib, Agg backend).
+"""Figures of the analyses (matplotlib ``Figure`` objects, no pyplot).
 
-Every function takes ``{method name: data}`` mappings so that several runs
-(CE, LS, MaxSup, ...) appear in one figure with consistent colours, writes a
-PNG and returns its path.
+Every ``plot_*`` function takes ``{method name: data}`` mappings so that
+several runs (CE, LS, MaxSup, ...) appear in one figure with consistent
+colours, and returns a :class:`matplotlib.figure.Figure`; :func:`save_figure`
+writes it as a PNG.  Figures are built directly (``Figure()``), so no global
+matplotlib backend is chosen or switched.
 """
-import os
-import os.path as osp
-from typing import Dict, Mapping, Optional, Sequence
+from typing import TYPE_CHECKING, Dict, Mapping, Optional, Sequence
 
 import numpy as np
+
+from maxsup_mm.fileio import atomic_write
+
+if TYPE_CHECKING:  # imported when drawing: ``import maxsup_mm`` stays light
+    from matplotlib.figure import Figure
 
 __all__ = ['plot_logit_densities', 'plot_reliability_diagram',
            'plot_reliability_diagrams', 'plot_feature_projection',
            'plot_feature_projections', 'plot_gradcam_grid', 'method_colors',
-           'short_name']
+           'short_name', 'save_figure']
 
 _PALETTE = ('#1f77b4', '#d62728', '#2ca02c', '#ff7f0e', '#9467bd',
             '#8c564b', '#e377c2', '#7f7f7f', '#bcbd22', '#17becf')
-
-
-def _plt():
-    import matplotlib
-    if matplotlib.get_backend().lower() != 'agg':
-        matplotlib.use('Agg', force=True)
-    import matplotlib.pyplot as plt
-    return plt
 
 
 def method_colors(names: Sequence[str]) -> Dict[str, str]:
@@ -42,11 +39,15 @@ def short_name(name, width: int = 22) -> str:
     return name if len(name) <= width else name[:width - 1] + '…'
 
 
-def _save(fig, path: str) -> str:
-    folder = osp.dirname(osp.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fig.savefig(path, dpi=110, bbox_inches='tight')
-    _plt().close(fig)
+def _figure(figsize) -> 'Figure':
+    from matplotlib.figure import Figure
+    return Figure(figsize=figsize)
+
+
+def save_figure(fig: 'Figure', path: str, dpi: int = 110) -> str:
+    """Write ``fig`` as a PNG (atomically, folder created); return ``path``."""
+    with atomic_write(path, 'wb') as f:
+        fig.savefig(f, format='png', dpi=dpi, bbox_inches='tight')
     return path
 
 
@@ -60,25 +61,21 @@ def _density(ax, values, color, label, bins):
 
 
 def plot_logit_densities(components: Mapping[str, Mapping[str, np.ndarray]],
-                         path: str, bins: int = 50) -> str:
+                         bins: int = 50) -> 'Figure':
     """Densities of ``z_gt``, ``z_max``, the logit range and the error gap.
 
     Args:
         components (Mapping): ``{method: logit_components(...)}`` (arrays
             ``z_gt``, ``z_max``, ``range``, ``gap``, ``correct``).
-        path (str): output PNG.
         bins (int): histogram bins (shared by the methods of a panel).
-
-    Returns:
-        str: ``path``.
     """
-    plt = _plt()
     colors = method_colors(list(components))
     panels = [('z_gt', r'ground-truth logit $z_{gt}$', None),
               ('z_max', r'top-1 logit $z_{max}$', None),
               ('range', r'logit range $z_{max} - z_{min}$', None),
               ('gap', r'misclassified: $z_{max} - z_{gt}$', 'wrong')]
-    fig, axes = plt.subplots(1, 4, figsize=(17, 3.6))
+    fig = _figure((17, 3.6))
+    axes = fig.subplots(1, 4)
     for ax, (key, title, subset) in zip(axes, panels):
         arrays = {}
         for name, comp in components.items():
@@ -102,7 +99,7 @@ def plot_logit_densities(components: Mapping[str, Mapping[str, np.ndarray]],
         ax.set_title(title, fontsize=10)
         ax.set_ylabel('density')
     fig.tight_layout()
-    return _save(fig, path)
+    return fig
 
 
 def _reliability_axes(ax, bins: Mapping[str, np.ndarray], color: str,
@@ -135,39 +132,37 @@ def _reliability_axes(ax, bins: Mapping[str, np.ndarray], color: str,
     inset.set_title('samples', fontsize=6)
 
 
-def plot_reliability_diagram(bins: Mapping[str, np.ndarray], path: str,
+def plot_reliability_diagram(bins: Mapping[str, np.ndarray],
                              title: str = '', ece: Optional[float] = None,
-                             color: str = _PALETTE[0]) -> str:
+                             color: str = _PALETTE[0]) -> 'Figure':
     """One reliability diagram (bars: accuracy per confidence bin).
 
     Args:
         bins (Mapping): the output of :func:`reliability_bins`.
-        path (str): output PNG.
         title (str): title (method name).
         ece (float, optional): shown in the title.
         color (str): bar colour.
     """
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(4, 4))
+    fig = _figure((4, 4))
+    ax = fig.subplots()
     _reliability_axes(ax, bins, color, title, ece)
     fig.tight_layout()
-    return _save(fig, path)
+    return fig
 
 
 def plot_reliability_diagrams(bins: Mapping[str, Mapping[str, np.ndarray]],
-                              path: str,
                               eces: Optional[Mapping[str, float]] = None
-                              ) -> str:
-    """Reliability diagrams of several methods side by side (one PNG)."""
-    plt = _plt()
+                              ) -> 'Figure':
+    """Reliability diagrams of several methods side by side."""
     colors = method_colors(list(bins))
     n = len(bins)
-    fig, axes = plt.subplots(1, n, figsize=(4 * n, 4), squeeze=False)
+    fig = _figure((4 * n, 4))
+    axes = fig.subplots(1, n, squeeze=False)
     for ax, (name, b) in zip(axes[0], bins.items()):
         _reliability_axes(ax, b, colors[name], name,
                           None if eces is None else eces.get(name))
     fig.tight_layout()
-    return _save(fig, path)
+    return fig
 
 
 def _projection_axes(ax, proj, labels, classes, class_names, title):
@@ -188,65 +183,61 @@ def _projection_axes(ax, proj, labels, classes, class_names, title):
 
 
 def plot_feature_projection(proj: Mapping[str, np.ndarray], labels,
-                            classes: Sequence[int], path: str,
+                            classes: Sequence[int],
                             class_names: Optional[Sequence[str]] = None,
-                            title: str = '') -> str:
+                            title: str = '') -> 'Figure':
     """Scatter of penultimate features on a three-template plane.
 
     Args:
         proj (Mapping): the output of :func:`project_to_template_plane`.
         labels (array-like): labels of the projected samples.
         classes (Sequence[int]): the three classes.
-        path (str): output PNG.
         class_names (Sequence[str], optional): names of all classes.
         title (str): title.
     """
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    fig = _figure((4.5, 4.5))
+    ax = fig.subplots()
     _projection_axes(ax, proj, np.asarray(labels), classes, class_names,
                      title)
     fig.tight_layout()
-    return _save(fig, path)
+    return fig
 
 
-def plot_feature_projections(projs: Mapping[str, tuple], classes, path: str,
-                             class_names=None) -> str:
+def plot_feature_projections(projs: Mapping[str, tuple], classes,
+                             class_names=None) -> 'Figure':
     """Several methods' projections side by side.
 
     Args:
         projs (Mapping): ``{method: (projection dict, labels)}``.
     """
-    plt = _plt()
     n = len(projs)
-    fig, axes = plt.subplots(1, n, figsize=(4.5 * n, 4.5), squeeze=False)
+    fig = _figure((4.5 * n, 4.5))
+    axes = fig.subplots(1, n, squeeze=False)
     for ax, (name, (proj, labels)) in zip(axes[0], projs.items()):
         _projection_axes(ax, proj, np.asarray(labels), classes, class_names,
                          name)
     fig.tight_layout()
-    return _save(fig, path)
+    return fig
 
 
 def plot_gradcam_grid(images: np.ndarray,
                       overlays: Mapping[str, np.ndarray],
-                      path: str,
                       titles: Optional[Sequence[str]] = None,
                       row_notes: Optional[Mapping[str, Sequence[str]]] = None
-                      ) -> str:
+                      ) -> 'Figure':
     """Images (first row) and one row of Grad-CAM overlays per method.
 
     Args:
         images (np.ndarray): ``(N, H, W, 3)`` uint8 RGB inputs.
         overlays (Mapping): ``{method: (N, H, W, 3) uint8 overlays}``.
-        path (str): output PNG.
         titles (Sequence[str], optional): column titles (e.g. class names).
         row_notes (Mapping, optional): ``{method: per-image text}`` shown
             under each overlay (e.g. the predicted class).
     """
-    plt = _plt()
     n = len(images)
     rows = 1 + len(overlays)
-    fig, axes = plt.subplots(rows, n, figsize=(1.9 * n, 2.0 * rows),
-                             squeeze=False)
+    fig = _figure((1.9 * n, 2.0 * rows))
+    axes = fig.subplots(rows, n, squeeze=False)
     for j in range(n):
         axes[0, j].imshow(images[j])
         if titles is not None:
@@ -263,4 +254,4 @@ def plot_gradcam_grid(images: np.ndarray,
         ax.set_xticks([])
         ax.set_yticks([])
     fig.tight_layout()
-    return _save(fig, path)
+    return fig

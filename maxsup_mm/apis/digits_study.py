@@ -31,6 +31,8 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from maxsup_mm.analysis.tables import (format_mean_std, markdown_table,
+                                       mean_std)
 from maxsup_mm.fileio import atomic_write_json, atomic_write_text
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
@@ -164,17 +166,13 @@ def transfer_backbone(method: str, seed: int, cls_ckpt: str,
 # ---------------------------------------------------------------------------
 # statistics for the report
 # ---------------------------------------------------------------------------
-def mean_std(values: Sequence[float]) -> Tuple[float, float]:
-    """Mean and sample standard deviation (0 for a single value)."""
-    v = np.asarray(values, dtype=float)
-    return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0
-
-
 def exceeds_noise(a: Sequence[float], b: Sequence[float],
                   z: float = 2.0) -> Tuple[float, float, Optional[bool]]:
     """Difference of means, its seed-noise scale and the verdict.
 
-    The noise scale is the standard error of the difference,
+    The means and sample standard deviations are
+    :func:`maxsup_mm.analysis.tables.mean_std`'s.  The noise scale is the
+    standard error of the difference,
     ``sqrt(s_a^2/n_a + s_b^2/n_b)``; the difference "exceeds the seed
     noise" when it is larger than ``z`` (2) times that.  With fewer than two
     seeds per method there is no noise estimate and the verdict is None.
@@ -216,15 +214,6 @@ def _collect(per_run: List[dict], methods: Sequence[str]) -> Dict:
     return table
 
 
-def _fmt(values: Sequence[float], digits: int = 3) -> str:
-    if not values:
-        return 'n/a'
-    if len(values) == 1:
-        return f'{values[0]:.{digits}f} (1 seed)'
-    m, s = mean_std(values)
-    return f'{m:.{digits}f} ± {s:.{digits}f}'
-
-
 def write_report(s: StudySettings, per_run: List[dict], analysis_md: str,
                  elapsed: float) -> str:
     """Write ``<work_dir>/report.md`` from the per-run metrics."""
@@ -246,13 +235,12 @@ def write_report(s: StudySettings, per_run: List[dict], analysis_md: str,
         f'Python {platform.python_version()}; study time '
         f'{elapsed / 60:.1f} min.', '',
         '## Results (test split, mean ± std over seeds)', '',
-        '| metric | ' + ' | '.join(methods) + ' |',
-        '|---|' + '---|' * len(methods),
     ]
-    for label, _, _ in REPORT_METRICS:
-        digits = 2 if '%' in label else 4
-        lines.append(f'| {label} | ' + ' | '.join(
-            _fmt(table[label][m], digits) for m in methods) + ' |')
+    lines += markdown_table(['metric'] + methods, [
+        [label] + [format_mean_std(table[label][m],
+                                   digits=2 if '%' in label else 4,
+                                   single=' (1 seed)') for m in methods]
+        for label, _, _ in REPORT_METRICS])
     lines += [
         '', 'd_within / d_total: mean cosine distance between penultimate '
         'features of same-class / all pairs; R² = 1 − d_within/d_total '
@@ -263,12 +251,10 @@ def write_report(s: StudySettings, per_run: List[dict], analysis_md: str,
         'A difference of means counts as exceeding the seed noise when it is '
         'larger than twice its standard error sqrt(s₁²/n₁ + s₂²/n₂) over the '
         'seeds. Everything else is within the noise of this small study.', '',
-        '| metric | comparison | difference | 2 × SE | verdict |',
-        '|---|---|---|---|---|',
     ]
     pairs = [(a, b) for a, b in (('MaxSup', 'LS'), ('MaxSup', 'CE'),
                                  ('LS', 'CE')) if a in methods and b in methods]
-    verdicts = []
+    verdicts, rows = [], []
     for label, _, _ in REPORT_METRICS:
         for a, b in pairs:
             va, vb = table[label][a], table[label][b]
@@ -282,8 +268,10 @@ def write_report(s: StudySettings, per_run: List[dict], analysis_md: str,
                     'within seed noise'
                 verdicts.append((label, a, b, diff, exceeds))
             noise = '—' if exceeds is None else f'{2 * se:.4f}'
-            lines.append(f'| {label} | {a} − {b} | {diff:+.4f} | '
-                         f'{noise} | {verdict} |')
+            rows.append([label, f'{a} − {b}', f'{diff:+.4f}', noise,
+                         verdict])
+    lines += markdown_table(['metric', 'comparison', 'difference', '2 × SE',
+                             'verdict'], rows)
     exceed = [f'{lab} ({a} − {b} = {d:+.4f})' for lab, a, b, d, e in verdicts
               if e]
     lines += ['', 'In plain words: ' + (
@@ -303,14 +291,12 @@ def write_report(s: StudySettings, per_run: List[dict], analysis_md: str,
         '', 'Every table and figure of the analysis toolkit: '
         f'[{rel}/report.md]({rel}/report.md).', '',
         '## Runs', '',
-        '| method | seed | classification checkpoint | transfer mIoU |',
-        '|---|---|---|---|',
     ]
-    for run in per_run:
-        miou = run['metrics'].get('mIoU')
-        lines.append(f"| {run['name']} | {run['seed']} | "
-                     f"`{run['checkpoint']}` | "
-                     f"{'n/a' if miou is None else f'{miou:.2f}'} |")
+    lines += markdown_table(
+        ['method', 'seed', 'classification checkpoint', 'transfer mIoU'],
+        [[run['name'], run['seed'], f"`{run['checkpoint']}`",
+          format_mean_std([run['metrics'].get('mIoU')], digits=2)]
+         for run in per_run])
     path = osp.join(s.work_dir, 'report.md')
     atomic_write_text(path, '\n'.join(lines) + '\n')
     return path
@@ -346,18 +332,16 @@ def run_study(s: StudySettings,
     analysis_dir = osp.join(s.work_dir, 'analysis')
     spec = [(m, osp.join(ROOT, CLS_CONFIGS[m]), ckpts[m, seed])
             for m, seed in runs]
-    analysis_md = compare(
+    analysed = compare(
         spec, analysis_dir, analyses=s.analyses, split='test',
         cfg_options=_data_roots(digits_root),
         device='cpu', progress=False,
         title='MaxSup quickstart: analysis of the digits runs')
-    with open(osp.join(analysis_dir, 'metrics.json')) as f:
-        analysed = json.load(f)
 
     per_run = []
     transfers = [(m, seed) for m, seed in runs if seed in s.seg_seeds]
-    for j, (method, seed) in enumerate(runs):
-        metrics = dict(analysed[j]['metrics'])
+    for method, seed in runs:
+        metrics = dict(analysed.find(method, ckpts[method, seed]).metrics)
         if (method, seed) in transfers:
             t = time.time()
             seg = transfer_backbone(method, seed, ckpts[method, seed], s,
@@ -369,6 +353,7 @@ def run_study(s: StudySettings,
             metrics['mIoU'] = seg['mIoU']
         per_run.append(dict(name=method, seed=seed, metrics=metrics,
                             checkpoint=ckpts[method, seed]))
-    path = write_report(s, per_run, analysis_md, time.time() - start)
+    path = write_report(s, per_run, analysed.report_path,
+                        time.time() - start)
     log(f'[quickstart] report: {path} ({(time.time() - start) / 60:.1f} min)')
     return path

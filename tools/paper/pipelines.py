@@ -7,22 +7,23 @@
   features (:func:`maxsup_mm.analysis.class_separation`, its defaults) on a
   random subset of the train split (test pipeline) and on the val split.
 * Table 3: the frozen penultimate features of CIFAR-10 (mmpretrain's
-  ``CIFAR10``) resized to the model's input size with the model's
-  normalisation, then :func:`maxsup_mm.analysis.linear_probe`.
+  ``CIFAR10``) as the library feeds downstream data
+  (:func:`maxsup_mm.analysis.extract_features` with ``data_cfg``: the
+  model's channel order, input size and normalisation), then
+  :func:`maxsup_mm.analysis.linear_probe`.
 * Table 6: the checkpoint converted for mmseg (``mmpretrain2mmseg``) and
   the UperNet fine-tune / multi-scale test commands.
 
 Features come from :func:`maxsup_mm.analysis.extract_features` and are
 cached in ``<work-dir>/features`` (one pass per run and split).
 """
-import copy
 import os.path as osp
 import re
 import shlex
 from typing import Callable, Dict, Optional
 
-from maxsup_mm.analysis import class_separation, extract_features, \
-    linear_probe
+from maxsup_mm.analysis import (class_separation, extract_features,
+                                input_size, linear_probe)
 from maxsup_mm.converters import convert_mmpretrain_to_mmseg
 from .runs import Run, load_config, resolve_config
 from .tables import (ARCH_LABELS, TABLE3, TABLE3_ARCH, TABLE6,
@@ -30,7 +31,7 @@ from .tables import (ARCH_LABELS, TABLE3, TABLE3_ARCH, TABLE6,
 
 __all__ = ['Features', 'top1_row', 'geometry_row', 'probe_row',
            'segmentation_row', 'input_size', 'probe_data_config',
-           'probe_model_config', 'upernet_config', 'check_cifar10',
+           'upernet_config', 'check_cifar10',
            'seg_commands', 'CIFAR10_FILES']
 
 #: the files of the python version of CIFAR-10 (cifar-10-python.tar.gz)
@@ -50,7 +51,8 @@ class Features:
         self.memo: Dict[tuple, dict] = {}
 
     def __call__(self, run: Run, cfg, split: str, data: str = 'ImageNet',
-                 max_samples: Optional[int] = None, data_cfg=None) -> dict:
+                 max_samples: Optional[int] = None, data_cfg=None,
+                 data_size: Optional[tuple] = None) -> dict:
         key = (run.name, data, split)
         if key not in self.memo:
             subset = f', {max_samples} random images' if max_samples else ''
@@ -60,7 +62,8 @@ class Features:
                 cfg, run.checkpoint, split=split, batch_size=self.batch_size,
                 num_workers=self.num_workers, device=self.device,
                 cache_dir=self.cache_dir, max_samples=max_samples,
-                seed=self.seed, data_cfg=data_cfg, progress=True)
+                seed=self.seed, data_cfg=data_cfg, data_size=data_size,
+                progress=True)
         return self.memo[key]
 
     def clear(self) -> None:
@@ -106,83 +109,23 @@ def geometry_row(run: Run, features: Features,
 # ---------------------------------------------------------------------------
 # Table 3
 # ---------------------------------------------------------------------------
-def _pipeline(ds_cfg):
-    if 'pipeline' in ds_cfg:
-        return ds_cfg['pipeline']
-    if 'dataset' in ds_cfg:
-        return _pipeline(ds_cfg['dataset'])
-    if 'datasets' in ds_cfg:
-        return _pipeline(ds_cfg['datasets'][0])
-    return []
-
-
-def input_size(cfg) -> Optional[tuple]:
-    """``(w, h)`` of the images the config's test pipeline feeds the model.
-
-    The last size-setting transform of the test (else val) pipeline wins:
-    ``CenterCrop.crop_size``, ``FFCVCenterCrop.scale`` (square), ``Resize``
-    / ``RandomResizedCrop.scale``; else the backbone's ``img_size``.
-    """
-    loader = cfg.get('test_dataloader', None) or cfg.get('val_dataloader',
-                                                         None)
-    size = None
-    for t in (_pipeline(loader['dataset']) if loader else []):
-        kind = str(t.get('type', '')).split('.')[-1]
-        if kind == 'CenterCrop':
-            size = t['crop_size']
-        elif kind in ('FFCVCenterCrop', 'Resize', 'RandomResizedCrop') \
-                and t.get('scale') is not None:
-            size = t['scale']
-    if size is None:
-        size = cfg.model.get('backbone', {}).get('img_size', None)
-    if size is None:
-        return None
-    if isinstance(size, (int, float)):
-        return int(size), int(size)
-    return int(size[0]), int(size[-1])
-
-
-def probe_data_config(cifar10_root: str, size: tuple,
-                      batch_size: Optional[int], num_workers: int):
-    """CIFAR-10 train / test through mmpretrain's ``CIFAR10``, each image
-    resized to ``size`` (``(w, h)``, bicubic, PIL) -- no crop, no flip."""
+def probe_data_config(cifar10_root: str, batch_size: Optional[int],
+                      num_workers: int):
+    """CIFAR-10 train / test through mmpretrain's ``CIFAR10`` (RGB arrays),
+    no crop, no flip; :func:`~maxsup_mm.analysis.extract_features` resizes
+    them to the model's input size and feeds them in its channel order."""
     from mmengine.config import Config
-    pipeline = [dict(type='Resize', scale=tuple(size), backend='pillow',
-                     interpolation='bicubic'),
-                dict(type='PackInputs')]
 
     def loader(split):
         return dict(batch_size=batch_size or 64, num_workers=num_workers,
                     dataset=dict(type='CIFAR10', data_root=cifar10_root,
                                  split=split, download=False,
-                                 pipeline=copy.deepcopy(pipeline)),
+                                 pipeline=[dict(type='PackInputs')]),
                     sampler=dict(type='DefaultSampler', shuffle=False))
 
     return Config(dict(default_scope='mmpretrain',
                        train_dataloader=loader('train'),
                        test_dataloader=loader('test')))
-
-
-def probe_model_config(cfg):
-    """The run's config for RGB input of another dataset.
-
-    mmpretrain's ``CIFAR10`` yields RGB arrays where ``LoadImageFromFile``
-    yields BGR, so the data preprocessor's ``to_rgb`` is inverted (mean and
-    std are unchanged).  The training-time batch augments (Mixup / CutMix)
-    are dropped: they would turn the downstream labels into one-hot vectors
-    of the model's classes.
-    """
-    cfg = copy.deepcopy(cfg)
-    cfg.model.pop('train_cfg', None)
-    pre = cfg.model.get('data_preprocessor', None) or cfg.get(
-        'data_preprocessor', None)
-    if pre is None:
-        raise ValueError('the config has no data_preprocessor: cannot tell '
-                         "the model's channel order and normalisation")
-    pre['to_rgb'] = not pre.get('to_rgb', False)
-    pre.pop('batch_augments', None)
-    pre['to_onehot'] = False
-    return cfg
 
 
 def check_cifar10(root: str) -> None:
@@ -203,13 +146,12 @@ def probe_row(run: Run, features: Features, cifar10_root: str,
     if wh is None:
         raise ValueError(f'run {run.name}: cannot tell the input size from '
                          f'{run.config}; set --probe-size')
-    data_cfg = probe_data_config(cifar10_root, wh, features.batch_size,
+    data_cfg = probe_data_config(cifar10_root, features.batch_size,
                                  features.num_workers)
-    model_cfg = probe_model_config(run.cfg)
-    train = features(run, model_cfg, 'train', data='CIFAR-10',
-                     data_cfg=data_cfg)
-    test = features(run, model_cfg, 'test', data='CIFAR-10',
-                    data_cfg=data_cfg)
+    train = features(run, run.cfg, 'train', data='CIFAR-10',
+                     data_cfg=data_cfg, data_size=wh)
+    test = features(run, run.cfg, 'test', data='CIFAR-10',
+                    data_cfg=data_cfg, data_size=wh)
     log(f'[reproduce] {run.name}: fitting the linear probe (L2 '
         f'multinomial logistic regression, {len(train["labels"])} x '
         f'{train["features"].shape[1]} features)')

@@ -13,8 +13,7 @@ import os.path as osp
 from collections import OrderedDict
 from typing import Dict, List, Optional
 
-import numpy as np
-
+from maxsup_mm.analysis.tables import format_pm, markdown_table, mean_std
 from maxsup_mm.fileio import atomic_write_json, atomic_write_text
 from .tables import METHODS
 
@@ -52,23 +51,12 @@ def merge_report(path: str, sections: Dict[str, dict]) -> dict:
 # ---------------------------------------------------------------------------
 # Markdown
 # ---------------------------------------------------------------------------
-def _cell(text) -> str:
-    return str(text).replace('|', '\\|').replace('\n', ' ')
-
-
-def _table(header: List[str], rows: List[List]) -> List[str]:
-    lines = ['| ' + ' | '.join(header) + ' |',
-             '| ' + ' | '.join('---' for _ in header) + ' |']
-    lines += ['| ' + ' | '.join(_cell(c) for c in row) + ' |'
-              for row in rows]
-    return lines
-
-
 def _num(value, digits: int) -> str:
+    """A number, a paper's ``(mean, std)`` or ``–`` when there is none."""
     if value is None:
         return '–'
     if isinstance(value, (list, tuple)):
-        return f'{value[0]:.{digits}f} ± {value[1]:.{digits}f}'
+        return format_pm(value[0], value[1], digits)
     return f'{value:.{digits}f}'
 
 
@@ -92,8 +80,7 @@ def _seeds(rows: List[dict], value) -> List[List]:
     for (method, arch), vals in groups.items():
         vals = [v for v in vals if v is not None]
         if len(vals) >= 2:
-            out.append((METHODS[method], arch, float(np.mean(vals)),
-                        float(np.std(vals, ddof=1)), len(vals)))
+            out.append((METHODS[method], arch, *mean_std(vals), len(vals)))
     return out
 
 
@@ -107,7 +94,7 @@ def _header(section: dict, previous: Optional[dict]) -> List[str]:
 
 def _top1(section: dict) -> List[str]:
     rows = section['rows']
-    lines = _table(
+    lines = markdown_table(
         ['run', 'paper row', 'architecture', 'val images', 'top-1, ours',
          'top-1, paper', 'paper source'],
         [[r['name'], _method(r), r['architecture'], r['num_images'],
@@ -115,7 +102,7 @@ def _top1(section: dict) -> List[str]:
          for r in rows])
     for method, arch, mean, std, n in _seeds(rows, lambda r: r['top1']):
         lines.append(f'| mean ± std of {n} runs | {method} | {arch} | | '
-                     f'{mean:.2f} ± {std:.2f} | | |')
+                     f'{format_pm(mean, std, 2)} | | |')
     lines += ['', 'Top-1 is the arg-max of the logits of one pass over the '
               "val split of the run's config (its test pipeline, as "
               '`tools/test.py` evaluates it). The paper reports mean ± std '
@@ -139,9 +126,10 @@ def _geometry(section: dict) -> List[str]:
                 _num((paper.get('r2') or [None, None])[i], 4)])
     s = section['settings']
     limit = s.get('max_train_samples')
-    lines = _table(['run', 'paper row', 'architecture', 'split', 'images',
-                    'd_within, ours', 'paper', 'd_total, ours', 'paper',
-                    'R², ours', 'paper'], rows)
+    lines = markdown_table(
+        ['run', 'paper row', 'architecture', 'split', 'images',
+         'd_within, ours', 'paper', 'd_total, ours', 'paper', 'R², ours',
+         'paper'], rows)
     lines += ['', 'Cosine distance d = 1 − cos on the penultimate features '
               '(the input of the final linear layer); `d_within` averages '
               'each class\'s mean distance between two different samples '
@@ -159,7 +147,7 @@ def _geometry(section: dict) -> List[str]:
 
 def _probe(section: dict) -> List[str]:
     rows = section['rows']
-    lines = _table(
+    lines = markdown_table(
         ['run', 'paper row', 'architecture', 'input (w × h)',
          'train / test images', 'C', 'accuracy, ours', 'accuracy, paper'],
         [[r['name'], _method(r), _arch(r), '×'.join(map(str,
@@ -169,7 +157,7 @@ def _probe(section: dict) -> List[str]:
     for method, arch, mean, std, n in _seeds(rows,
                                              lambda r: r['accuracy']):
         lines.append(f'| mean ± std of {n} runs | {method} | {arch} | | | | '
-                     f'{mean:.2f} ± {std:.2f} | |')
+                     f'{format_pm(mean, std, 2)} | |')
     lines += ['', 'Frozen penultimate features of the CIFAR-10 train and '
               "test images (mmpretrain's `CIFAR10`), resized to the model's "
               'input size (bicubic) and normalised as the model was '
@@ -183,7 +171,7 @@ def _probe(section: dict) -> List[str]:
 
 def _segmentation(section: dict) -> List[str]:
     rows = section['rows']
-    lines = _table(
+    lines = markdown_table(
         ['run', 'paper row', 'architecture', 'mmseg checkpoint',
          'UperNet config', 'MS mIoU, paper'],
         [[r['name'], _method(r), _arch(r), f'`{r["mmseg_checkpoint"]}`',
@@ -225,7 +213,7 @@ def _runs(report: dict) -> List[str]:
         for r in section['rows']:
             key = (r['name'], r['source'], r['checkpoint'], r['config'])
             seen.setdefault(key, r)
-    return _table(
+    return markdown_table(
         ['run', 'paper row', 'checkpoint given', 'format',
          'mmpretrain checkpoint', 'config', 'architecture'],
         [[r['name'], _method(r), f'`{r["source"]}`', r['format'],
