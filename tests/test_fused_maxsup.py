@@ -408,3 +408,72 @@ def test_triton_kernels_in_the_interpreter():
     assert out.returncode == 0, out.stderr[-3000:]
     worst = float(out.stdout.split('WORST')[-1])
     assert worst <= 1e-6, worst
+
+
+# --------------------------------------------------------------------------
+# No read past the end of the logits / soft target (guard page)
+# --------------------------------------------------------------------------
+GUARD_PAGE_CHECK = r'''
+import ctypes, mmap, sys
+import torch
+from maxsup_mm.ops import fused_maxsup as fm
+from maxsup_mm.models.losses.functional import maxsup_cross_entropy_reference as ref
+
+PAGE = mmap.PAGESIZE
+libc = ctypes.CDLL(None, use_errno=True)
+libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+keep = []
+
+
+def at_page_end(src):
+    """A copy of src whose last byte is the last one before a PROT_NONE page."""
+    nbytes = src.numel() * src.element_size()
+    mm = mmap.mmap(-1, 2 * PAGE)
+    addr = ctypes.addressof(ctypes.c_char.from_buffer(mm))
+    assert libc.mprotect(addr + PAGE, PAGE, 0) == 0, ctypes.get_errno()
+    t = torch.frombuffer(mm, dtype=src.dtype, count=src.numel(),
+                         offset=PAGE - nbytes).view(src.shape)
+    t.copy_(src)
+    keep.append(mm)
+    return t
+
+
+for backend in sys.argv[1].split(','):
+    for dtype in (torch.float32, torch.bfloat16):
+        for soft in (False, True):
+            for n, k in [(1, 1), (2, 1), (1, 2), (3, 2), (1, 3), (2, 3),
+                         (4, 3), (2, 5), (3, 7), (2, 9), (2, 13), (2, 17)]:
+                g = torch.Generator().manual_seed(n * 100 + k)
+                z0 = (torch.randn(n, k, generator=g) * 3).to(dtype)
+                t0 = (torch.softmax(torch.randn(n, k, generator=g), 1) if soft
+                      else torch.randint(0, k, (n,), generator=g))
+                z = at_page_end(z0).requires_grad_(True)
+                t = at_page_end(t0) if soft else t0
+                loss = fm.fused_maxsup_cross_entropy(z, t, 0.1, backend=backend)
+                loss.sum().backward()
+                zr = z0.double().requires_grad_(True)
+                ref(zr, t0.double() if soft else t0, 0.1).sum().backward()
+                tol = 1e-5 if dtype == torch.float32 else 2e-2
+                lr = ref(z0.double(), t0.double() if soft else t0, 0.1)
+                torch.testing.assert_close(loss.double(), lr, rtol=tol, atol=tol)
+                torch.testing.assert_close(z.grad.double(), zr.grad, rtol=tol,
+                                           atol=tol)
+print('GUARD OK')
+'''
+
+
+@pytest.mark.skipif(not sys.platform.startswith('linux'),
+                    reason='mmap/mprotect guard page: Linux only')
+@pytest.mark.parametrize('backend', [b for b in ('auto', 'cpp', 'cpp-generic')
+                                     if b == 'auto' or b in CPU_BACKENDS])
+def test_no_read_past_the_end_of_the_logits(backend):
+    """K <= 3 (and any tail): logits and soft targets that end right before
+    an unreadable page, fp32 and bf16, forward and backward.  Run in a child
+    process so that a segfault fails this test instead of killing pytest."""
+    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS='1')
+    out = subprocess.run([sys.executable, '-c', GUARD_PAGE_CHECK, backend],
+                         env=env, cwd=ROOT, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0 and 'GUARD OK' in out.stdout, (
+        f'rc={out.returncode} (-11: segfault, a read past the tensor)\n'
+        f'{out.stderr[-3000:]}')
