@@ -451,6 +451,17 @@ for shape in cases:
             check(z, t, w, "mean")
             check(z + 1e4, t, w, "none")  # large offset, merged partials
             split["n"] = 1
+# alpha as a 0-d tensor (what the op gets inside torch.compile)
+op = torch.ops.maxsup_mm.maxsup_ce.default
+z, t = torch.randn(37, 100) * 3, torch.randint(0, 100, (37,))
+zz = z.clone().requires_grad_(True)
+loss = op(zz, t, 0.0, -100, 1, "auto", torch.tensor(0.1))[0]
+loss.backward()
+z64 = z.double().requires_grad_(True)
+l64 = ref(z64, t, 0.1).mean()
+l64.backward()
+for a, b in ((loss, l64), (zz.grad, z64.grad)):
+    worst = max(worst, ((a.double() - b).norm() / b.norm()).item())
 print("WORST", worst)
 try:  # an out-of-range target: the asynchronous assert of the op
     ops.maxsup_cross_entropy(torch.randn(3, 4), torch.tensor([0, 4, 1]))

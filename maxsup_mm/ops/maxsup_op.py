@@ -17,7 +17,12 @@ The op (``torch.ops.maxsup_mm.maxsup_ce``, defined with
 :class:`torch.library.Library`)::
 
     maxsup_ce(Tensor logits, Tensor target, float alpha, int ignore_index,
-              int reduction, str backend) -> (Tensor loss, Tensor gap, Tensor aux)
+              int reduction, str backend, Tensor? alpha_tensor=None)
+        -> (Tensor loss, Tensor gap, Tensor aux)
+
+(``alpha_tensor``, a 0-d tensor, replaces ``alpha`` where given: what
+:func:`maxsup_cross_entropy` passes inside ``torch.compile``, so that a new
+alpha, e.g. from ``AlphaScheduleHook``, is a new input, not a recompile.)
 
 * ``loss``: per position ``(N, *spatial)`` (``reduction=0``), or its mean
   (1) / sum (2) over all positions, reduced inside the op (no extra autograd
@@ -289,15 +294,28 @@ def check_inputs(logits: torch.Tensor, target: torch.Tensor) -> bool:
 # The op and its backward: schema, kernels, fake, autograd
 # ---------------------------------------------------------------------------
 _FWD_SCHEMA = ('maxsup_ce(Tensor logits, Tensor target, float alpha, '
-               'int ignore_index, int reduction, str backend) '
+               'int ignore_index, int reduction, str backend, '
+               'Tensor? alpha_tensor=None) '
                '-> (Tensor loss, Tensor gap, Tensor aux)')
 _BWD_SCHEMA = ('maxsup_ce_backward(Tensor grad, Tensor logits, Tensor target, '
                'Tensor aux, float alpha, int ignore_index, int reduction, '
-               'str backend) -> Tensor')
+               'str backend, Tensor? alpha_tensor=None) -> Tensor')
 
 
-def _maxsup_ce(logits, target, alpha, ignore_index, reduction, backend):
+def _alpha(alpha: float, alpha_tensor: Optional[torch.Tensor]):
+    """alpha as the kernels take it: the float, or the 0-d tensor (read
+    into Python only on the CPU, where that costs no synchronisation)."""
+    if alpha_tensor is None:
+        return alpha
+    if alpha_tensor.device.type == 'cpu':
+        return float(alpha_tensor)
+    return alpha_tensor
+
+
+def _maxsup_ce(logits, target, alpha, ignore_index, reduction, backend,
+               alpha_tensor=None):
     """The op's kernel on every device: dispatch to C++ / Triton / PyTorch."""
+    alpha = _alpha(alpha, alpha_tensor)
     kernel = _kernel(logits, backend)
     if isinstance(kernel, tuple):  # the C++ kernel checks and takes the
         return kernel[0](logits, target, alpha, ignore_index,  # user layout
@@ -315,7 +333,8 @@ def _maxsup_ce(logits, target, alpha, ignore_index, reduction, backend):
 
 
 def _maxsup_ce_backward(grad, logits, target, aux, alpha, ignore_index,
-                        reduction, backend):
+                        reduction, backend, alpha_tensor=None):
+    alpha = _alpha(alpha, alpha_tensor)
     kernel = _kernel(logits, backend)
     if isinstance(kernel, tuple):
         return kernel[1](grad, logits, target, aux, alpha, ignore_index,
@@ -331,7 +350,8 @@ def _maxsup_ce_backward(grad, logits, target, aux, alpha, ignore_index,
     return d.view([logits.shape[p] for p in perm]).permute(inv)
 
 
-def _maxsup_ce_fake(logits, target, alpha, ignore_index, reduction, backend):
+def _maxsup_ce_fake(logits, target, alpha, ignore_index, reduction, backend,
+                    alpha_tensor=None):
     soft = check_inputs(logits, target)
     if reduction not in (0, 1, 2):
         raise ValueError('maxsup_mm: reduction must be 0 (none), 1 (mean) or '
@@ -345,7 +365,7 @@ def _maxsup_ce_fake(logits, target, alpha, ignore_index, reduction, backend):
 
 
 def _maxsup_ce_backward_fake(grad, logits, target, aux, alpha, ignore_index,
-                             reduction, backend):
+                             reduction, backend, alpha_tensor=None):
     check_inputs(logits, target)
     return _empty_grad(logits)
 
@@ -357,13 +377,14 @@ class _MaxSupCE(torch.autograd.Function):
     differentiable."""
 
     @staticmethod
-    def forward(ctx, logits, target, alpha, ignore_index, reduction, backend):
+    def forward(ctx, logits, target, alpha, ignore_index, reduction, backend,
+                alpha_tensor=None):
         with torch._C._AutoDispatchBelowAutograd():
             loss, gap, aux = _OP_EAGER(logits, target, alpha, ignore_index,
-                                       reduction, backend)
+                                       reduction, backend, alpha_tensor)
         ctx.mark_non_differentiable(gap, aux)
         ctx.set_materialize_grads(False)  # no zero gradients for gap, aux
-        ctx.save_for_backward(logits, target, aux)
+        ctx.save_for_backward(logits, target, aux, alpha_tensor)
         ctx.args = (alpha, ignore_index, reduction, backend)
         return loss, gap, aux
 
@@ -375,23 +396,23 @@ class _MaxSupCE(torch.autograd.Function):
             raise RuntimeError(
                 'maxsup_cross_entropy: the fused op does not differentiate '
                 "the target; use backend='reference'")
-        logits, target, aux = ctx.saved_tensors
+        logits, target, aux, alpha_tensor = ctx.saved_tensors
         if grad is None:  # the loss itself was not used
-            return None, None, None, None, None, None
-        return (_BWD_EAGER(grad, logits, target, aux, *ctx.args), None, None,
-                None, None, None)
+            return None, None, None, None, None, None, None
+        return (_BWD_EAGER(grad, logits, target, aux, *ctx.args, alpha_tensor),
+                None, None, None, None, None, None)
 
 
 def _maxsup_ce_autograd(logits, target, alpha, ignore_index, reduction,
-                        backend):
+                        backend, alpha_tensor=None):
     """Autograd kernel: the Function above when a gradient is wanted."""
     if torch.is_grad_enabled() and (logits.requires_grad
                                     or target.requires_grad):
         return _MaxSupCE.apply(logits, target, alpha, ignore_index,
-                               reduction, backend)
+                               reduction, backend, alpha_tensor)
     with torch._C._AutoDispatchBelowAutograd():
         return _OP_EAGER(logits, target, alpha, ignore_index, reduction,
-                         backend)
+                         backend, alpha_tensor)
 
 
 def _register():
@@ -481,9 +502,18 @@ def maxsup_cross_entropy(logits: torch.Tensor,
                           return_gap)
     # shapes, dtypes and the backend name are checked inside the op (by the
     # C++ kernel, the Python kernels and the fake implementation)
-    op = _OP if torch.compiler.is_compiling() else _OP_EAGER
-    loss, gap, _ = op(logits, target, float(alpha), int(ignore_index), code,
-                      backend)
+    if torch.compiler.is_compiling():
+        # a float argument is a constant of the compiled graph: each new
+        # alpha (AlphaScheduleHook) would recompile.  As a 0-d tensor made
+        # by arithmetic, alpha is an input of the graph instead.
+        alpha_tensor = torch.ones(
+            (), dtype=torch_maxsup.stats_dtype(logits.dtype),
+            device=logits.device) * alpha
+        loss, gap, _ = _OP(logits, target, 0.0, ignore_index, code, backend,
+                           alpha_tensor)
+    else:
+        loss, gap, _ = _OP_EAGER(logits, target, float(alpha),
+                                 int(ignore_index), code, backend)
     return (loss, gap) if return_gap else loss
 
 

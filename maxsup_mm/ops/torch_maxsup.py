@@ -40,14 +40,15 @@ def check_targets(bad: torch.Tensor, index: torch.Tensor, k: int,
             f'for {k} classes and is not ignore_index={ignore_index}')
 
 
-def forward(z: torch.Tensor, target: torch.Tensor, alpha: float,
+def forward(z: torch.Tensor, target: torch.Tensor, alpha,
             ignore_index: int, reduction: int, soft: bool):
     """``(loss, gap, aux)`` of the ``(N, K, S)`` logits ``z``.
 
     ``loss`` and ``gap`` are ``(N, S)`` (reduction 0) or 0-d sums / means
     over the ``N * S`` positions (1 = mean, 2 = sum); ``aux`` holds, per
     position, the rows max, log-sum-exp minus max, arg-max, [sum y], and for
-    a reduction the row losses and gaps.
+    a reduction the row losses and gaps.  ``alpha``: a float or a 0-d
+    tensor on z's device.
     """
     n, k, s = z.shape
     zf = z.float() if z.dtype in _LOW else z
@@ -80,7 +81,7 @@ def forward(z: torch.Tensor, target: torch.Tensor, alpha: float,
 
 
 def backward(grad: torch.Tensor, z: torch.Tensor, target: torch.Tensor,
-             aux: torch.Tensor, alpha: float, ignore_index: int,
+             aux: torch.Tensor, alpha, ignore_index: int,
              reduction: int, soft: bool) -> torch.Tensor:
     """d(loss)/dz times the upstream gradient, ``(N, K, S)``, dtype of z."""
     n, k, s = z.shape
@@ -104,6 +105,6 @@ def backward(grad: torch.Tensor, z: torch.Tensor, target: torch.Tensor,
                        torch.full_like(m, -1.).unsqueeze(1))
         g = g.masked_fill(ignored, 0.)
     d.scatter_add_(1, am.clamp(0, k - 1).unsqueeze(1),
-                   torch.full_like(m, alpha).unsqueeze(1))
+                   torch.zeros_like(m).add_(alpha).unsqueeze(1))
     d.sub_(alpha / k).mul_(g.unsqueeze(1))
     return d.to(z.dtype)

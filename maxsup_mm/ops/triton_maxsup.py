@@ -122,9 +122,12 @@ def _scan_classes(z_ptr, t_ptr, base, pmask, r, k_lo, k_hi, K, stride_k,
 
 @triton.jit
 def _fwd_kernel(z_ptr, t_ptr, loss_ptr, gap_ptr, aux_ptr, P, NS, K,
-                stride_outer, stride_pos, stride_k, alpha, ignore_index,
-                SOFT: tl.constexpr, REDUCED: tl.constexpr,
-                BLOCK_P: tl.constexpr, BLOCK_K: tl.constexpr):
+                stride_outer, stride_pos, stride_k, alpha, alpha_ptr,
+                ignore_index, SOFT: tl.constexpr, REDUCED: tl.constexpr,
+                ALPHA_T: tl.constexpr, BLOCK_P: tl.constexpr,
+                BLOCK_K: tl.constexpr):
+    if ALPHA_T:  # alpha as a 0-d device tensor (inside torch.compile)
+        alpha = tl.load(alpha_ptr).to(tl.float32)
     pid = tl.program_id(0)
     outer = tl.program_id(1).to(tl.int64)
     pos = pid * BLOCK_P + tl.arange(0, BLOCK_P)
@@ -169,9 +172,12 @@ def _fwd_split_kernel(z_ptr, t_ptr, part_ptr, NS, K, SPLITS, k_per_split,
 
 @triton.jit
 def _fwd_combine_kernel(z_ptr, t_ptr, part_ptr, loss_ptr, gap_ptr, aux_ptr,
-                        NS, K, SPLITS, alpha, ignore_index, SOFT: tl.constexpr,
-                        REDUCED: tl.constexpr, BLOCK_P: tl.constexpr,
+                        NS, K, SPLITS, alpha, alpha_ptr, ignore_index,
+                        SOFT: tl.constexpr, REDUCED: tl.constexpr,
+                        ALPHA_T: tl.constexpr, BLOCK_P: tl.constexpr,
                         BLOCK_S: tl.constexpr):
+    if ALPHA_T:
+        alpha = tl.load(alpha_ptr).to(tl.float32)
     pid = tl.program_id(0)
     pos = pid * BLOCK_P + tl.arange(0, BLOCK_P)
     pmask = pos < NS
@@ -234,8 +240,11 @@ def _finish_kernel(aux_ptr, loss_ptr, gap_ptr, ok_ptr, NS, scale,
 @triton.jit
 def _bwd_kernel(z_ptr, t_ptr, g_ptr, aux_ptr, dz_ptr, P, NS, K, stride_outer,
                 stride_pos, stride_k, g_stride_outer, g_stride_pos, g_scale,
-                alpha, ignore_index, SOFT: tl.constexpr,
-                BLOCK_P: tl.constexpr, BLOCK_K: tl.constexpr):
+                alpha, alpha_ptr, ignore_index, SOFT: tl.constexpr,
+                ALPHA_T: tl.constexpr, BLOCK_P: tl.constexpr,
+                BLOCK_K: tl.constexpr):
+    if ALPHA_T:
+        alpha = tl.load(alpha_ptr).to(tl.float32)
     # one [BLOCK_P, BLOCK_K] tile per program: every gradient entry depends
     # only on its logit and the per-position statistics / target
     pid = tl.program_id(0)
@@ -325,14 +334,23 @@ def default_splits(z: torch.Tensor) -> int:
     return int(max(1, min(want, triton.cdiv(k, 2048), 64)))
 
 
-def forward(z: torch.Tensor, target: torch.Tensor, alpha: float,
+def _alpha_args(alpha, dummy: torch.Tensor):
+    """``(alpha, alpha_ptr, ALPHA_T)``: a float alpha, or a 0-d tensor read
+    by the kernels on the device (no host synchronisation)."""
+    if isinstance(alpha, torch.Tensor):
+        return 0.0, alpha.to(device=dummy.device, dtype=torch.float32), True
+    return float(alpha), dummy, False
+
+
+def forward(z: torch.Tensor, target: torch.Tensor, alpha,
             ignore_index: int, reduction: int, soft: bool,
             splits: int = None):
     """``(loss, gap, aux)`` of the contiguous ``(N, K, S)`` logits ``z``
     (see :func:`maxsup_mm.ops.torch_maxsup.forward` for the layout).
 
-    ``splits`` forces the number of class ranges per row of the split-K
-    forward (rows layout); default: :func:`default_splits`.
+    ``alpha``: a float or a 0-d tensor on z's device.  ``splits`` forces the
+    number of class ranges per row of the split-K forward (rows layout);
+    default: :func:`default_splits`.
     """
     n, k, s = z.shape
     ns = n * s
@@ -348,6 +366,7 @@ def forward(z: torch.Tensor, target: torch.Tensor, alpha: float,
     else:
         loss = torch.empty((n, s), device=z.device, dtype=z.dtype)
         gap = torch.empty((n, s), device=z.device, dtype=torch.float32)
+    alpha, alpha_ptr, alpha_t = _alpha_args(alpha, aux)
     splits = default_splits(z) if splits is None else int(splits)
     if s == 1 and splits > 1:
         block_k = min(triton.next_power_of_2(triton.cdiv(k, splits)), 4096)
@@ -361,15 +380,15 @@ def forward(z: torch.Tensor, target: torch.Tensor, alpha: float,
         block_s = triton.next_power_of_2(splits)
         block_p = max(1, min(128, 2048 // block_s))
         _fwd_combine_kernel[(triton.cdiv(ns, block_p), )](
-            z, target, part, loss, gap, aux, ns, k, splits, alpha,
-            ignore_index, SOFT=soft, REDUCED=reduced, BLOCK_P=block_p,
-            BLOCK_S=block_s, num_warps=4)
+            z, target, part, loss, gap, aux, ns, k, splits, alpha, alpha_ptr,
+            ignore_index, SOFT=soft, REDUCED=reduced, ALPHA_T=alpha_t,
+            BLOCK_P=block_p, BLOCK_S=block_s, num_warps=4)
     else:
         grid, block_p, block_k, warps, geo = _config(z)
         _fwd_kernel[grid](z, target, loss, gap, aux, geo[0], ns, k, geo[2],
-                          geo[3], geo[4], alpha, ignore_index, SOFT=soft,
-                          REDUCED=reduced, BLOCK_P=block_p, BLOCK_K=block_k,
-                          num_warps=warps)
+                          geo[3], geo[4], alpha, alpha_ptr, ignore_index,
+                          SOFT=soft, REDUCED=reduced, ALPHA_T=alpha_t,
+                          BLOCK_P=block_p, BLOCK_K=block_k, num_warps=warps)
     check = not soft
     if reduced or check:
         ok = torch.empty((), device=z.device, dtype=torch.int32)
@@ -385,7 +404,7 @@ def forward(z: torch.Tensor, target: torch.Tensor, alpha: float,
 
 
 def backward(grad: torch.Tensor, z: torch.Tensor, target: torch.Tensor,
-             aux: torch.Tensor, alpha: float, ignore_index: int,
+             aux: torch.Tensor, alpha, ignore_index: int,
              reduction: int, soft: bool) -> torch.Tensor:
     """The gradient w.r.t. the contiguous ``(N, K, S)`` logits ``z``."""
     n, k, s = z.shape
@@ -401,8 +420,9 @@ def backward(grad: torch.Tensor, z: torch.Tensor, target: torch.Tensor,
                                                        grad.stride(1))
         scale = 1.0
     dz = torch.empty_like(z)
+    alpha, alpha_ptr, alpha_t = _alpha_args(alpha, aux)
     _bwd_kernel[grid](z, target, grad, aux, dz, geo[0], n * s, k, geo[2],
-                      geo[3], geo[4], gso, gsp, scale, alpha, ignore_index,
-                      SOFT=soft, BLOCK_P=block_p, BLOCK_K=block_k,
-                      num_warps=warps)
+                      geo[3], geo[4], gso, gsp, scale, alpha, alpha_ptr,
+                      ignore_index, SOFT=soft, ALPHA_T=alpha_t,
+                      BLOCK_P=block_p, BLOCK_K=block_k, num_warps=warps)
     return dz

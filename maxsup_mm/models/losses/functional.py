@@ -156,7 +156,8 @@ LS_COMPONENTS = {
 def label_smooth_decomp_cross_entropy(logits: torch.Tensor,
                                       target: torch.Tensor,
                                       alpha: float = 0.1,
-                                      component: str = 'full') -> torch.Tensor:
+                                      component: str = 'full',
+                                      return_term: bool = False):
     """``H(y, q) + alpha * term``, one of the LS components of Table 1.
 
     Args:
@@ -165,9 +166,11 @@ def label_smooth_decomp_cross_entropy(logits: torch.Tensor,
             (only for ``component='full'``).
         alpha (float): weight of the term.
         component (str): a key of :data:`LS_COMPONENTS`.
+        return_term (bool): also return ``term`` (detached).
     """
-    term, _ = LS_COMPONENTS[component]
-    return cross_entropy(logits, target) + alpha * term(logits, target)
+    term = LS_COMPONENTS[component][0](logits, target)
+    loss = cross_entropy(logits, target) + alpha * term
+    return (loss, term.detach()) if return_term else loss
 
 
 # ---------------------------------------------------------------------------
@@ -175,21 +178,31 @@ def label_smooth_decomp_cross_entropy(logits: torch.Tensor,
 # ---------------------------------------------------------------------------
 def logit_penalty_cross_entropy(logits: torch.Tensor,
                                 target: torch.Tensor,
-                                beta: float = 2e-3) -> torch.Tensor:
-    r"""Logit Penalty (Dauphin & Cubuk, 2021): :math:`H(y,q) + \beta\|z\|^2/2`."""
-    return cross_entropy(logits, target) + 0.5 * beta * logits.pow(2).sum(1)
+                                beta: float = 2e-3,
+                                return_term: bool = False):
+    r"""Logit Penalty (Dauphin & Cubuk, 2021): :math:`H(y,q) + \beta\|z\|^2/2`.
+
+    ``return_term``: also return :math:`\|z\|^2/2` (detached).
+    """
+    term = logits.pow(2).sum(1) / 2
+    loss = cross_entropy(logits, target) + beta * term
+    return (loss, term.detach()) if return_term else loss
 
 
 def confidence_penalty_cross_entropy(logits: torch.Tensor,
                                      target: torch.Tensor,
-                                     beta: float = 0.1) -> torch.Tensor:
+                                     beta: float = 0.1,
+                                     return_term: bool = False):
     r"""Confidence Penalty (Pereyra et al., 2017): :math:`H(y,q) - \beta H(q)`.
 
     :math:`H(q) = -\sum_k q_k \log q_k` is the entropy of the prediction.
+    ``return_term``: also return :math:`-H(q)` (detached; the loss is
+    :math:`H(y, q) + \beta \cdot (-H(q))`).
     """
     log_q = F.log_softmax(logits, dim=1)
-    entropy = -(log_q.exp() * log_q).sum(dim=1)
-    return cross_entropy(logits, target) - beta * entropy
+    neg_entropy = (log_q.exp() * log_q).sum(dim=1)
+    loss = cross_entropy(logits, target) + beta * neg_entropy
+    return (loss, neg_entropy.detach()) if return_term else loss
 
 
 # ---------------------------------------------------------------------------
