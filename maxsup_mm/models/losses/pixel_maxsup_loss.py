@@ -172,8 +172,9 @@ class PixelMaxSupLoss(AlphaMixin, LossTermsMixin, nn.Module):
                 f'{name}: class_weight has {len(self.class_weight)} entries '
                 f'but the logits have {num_classes} classes')
         if weight is not None:
-            if weight.dim() != label.dim() or tuple(torch.broadcast_shapes(
-                    weight.shape, label.shape)) != tuple(label.shape):
+            if weight.dim() != label.dim() or any(
+                    w not in (1, n) for w, n in zip(weight.shape,
+                                                    label.shape)):
                 raise ValueError(
                     f'{name}: weight of shape {tuple(weight.shape)} does not '
                     f'match the labels {tuple(label.shape)}: expected a '
