@@ -59,7 +59,10 @@ def forward(z: torch.Tensor, target: torch.Tensor, alpha,
     if soft:
         y = target.to(zf.dtype)
         sum_y = y.sum(dim=1)
-        yv = (y * v).sum(dim=1)
+        # sum y (z - m) in v's own buffer (one (N, K, S) buffer at a time),
+        # then z - m again for the exponentials
+        yv = v.mul_(y).sum(dim=1)
+        torch.sub(zf, m.unsqueeze(1), out=v)
     else:
         ignored = target == ignore_index
         index = target.long().masked_fill(ignored, 0)
