@@ -105,15 +105,29 @@ def _profiled_ops(fn):
 
 
 def test_maxsup_cross_entropy_uses_the_fused_kernel():
+    from torch.utils._python_dispatch import TorchDispatchMode
     z = torch.randn(4, 5, requires_grad=True)
     t = torch.tensor([0, 1, 2, 3])
     loss = maxsup_cross_entropy(z, t, ALPHA)
     assert 'MaxSupCE' in loss.grad_fn.name(), loss.grad_fn.name()
-    names = _profiled_ops(
-        lambda: maxsup_cross_entropy(z, t, ALPHA).sum().backward())
-    assert {'maxsup_mm::maxsup_ce', 'maxsup_mm::maxsup_ce_backward'} <= names
-    if ops.cpu_kernel_available():  # the op ran the compiled kernel
+    if ops.cpu_kernel_available():  # eager: the compiled kernel runs
+        names = _profiled_ops(
+            lambda: maxsup_cross_entropy(z, t, ALPHA).sum().backward())
         assert {'maxsup_mm_cpu::fwd', 'maxsup_mm_cpu::bwd'} <= names
+
+    class Seen(TorchDispatchMode):  # what a tracer (torch.compile) sees
+        def __init__(self):
+            super().__init__()
+            self.ops = set()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.ops.add(str(func))
+            return func(*args, **(kwargs or {}))
+
+    with Seen() as seen:
+        maxsup_cross_entropy(z, t, ALPHA).sum().backward()
+    assert {'maxsup_mm.maxsup_ce.default',
+            'maxsup_mm.maxsup_ce_backward.default'} <= seen.ops, seen.ops
 
 
 # --------------------------------------------------------------------------
@@ -553,3 +567,62 @@ def test_no_read_past_the_end_of_the_logits(backend):
     assert out.returncode == 0 and 'GUARD OK' in out.stdout, (
         f'rc={out.returncode} (-11: segfault, a read past the tensor)\n'
         f'{out.stderr[-3000:]}')
+
+
+def test_triton_kernels_compile_for_cuda_without_a_gpu():
+    """Every Triton kernel of the op compiles for a real GPU (sm_90: Triton
+    front end, LLVM, PTX and the bundled ptxas), fp32 and bf16, hard and
+    soft, reduced or not, alpha as a float or a tensor: what the
+    interpreter test cannot show (types, layouts, constexpr branches)."""
+    triton = pytest.importorskip('triton')
+    try:
+        from triton.backends.compiler import GPUTarget
+        from triton.compiler import ASTSource
+    except ImportError:
+        pytest.skip('this Triton cannot compile ahead of time')
+    from maxsup_mm.ops import triton_maxsup as tm
+    target = GPUTarget('cuda', 90, 32)
+
+    def build(fn, names, types, consts, warps=4):
+        sig = dict(zip(names, types))
+        sig.update({k: 'constexpr' for k in consts})
+        triton.compile(ASTSource(fn, sig, consts), target=target,
+                       options={'num_warps': warps})
+
+    fwd = ['z_ptr', 't_ptr', 'loss_ptr', 'gap_ptr', 'aux_ptr', 'P', 'NS', 'K',
+           'stride_outer', 'stride_pos', 'stride_k', 'alpha', 'alpha_ptr',
+           'ignore_index']
+    bwd = ['z_ptr', 't_ptr', 'g_ptr', 'aux_ptr', 'dz_ptr', 'P', 'NS', 'K',
+           'stride_outer', 'stride_pos', 'stride_k', 'g_stride_outer',
+           'g_stride_pos', 'g_scale', 'alpha', 'alpha_ptr', 'ignore_index']
+    i32 = ['i32'] * 6
+    for zt, soft, flag in [('*fp32', False, False), ('*bf16', True, True),
+                           ('*bf16', False, True), ('*fp32', True, False)]:
+        tt = '*fp32' if soft else '*i64'
+        for bp, bk in ((1, 4096), (128, 16)):
+            build(tm._fwd_kernel, fwd,
+                  [zt, tt, zt, '*fp32', '*fp32'] + i32 + ['fp32', '*fp32',
+                                                          'i32'],
+                  dict(SOFT=soft, REDUCED=flag, ALPHA_T=flag, BLOCK_P=bp,
+                       BLOCK_K=bk), 8)
+            build(tm._bwd_kernel, bwd,
+                  [zt, tt, zt, '*fp32', zt] + i32 + ['i32', 'i32', 'fp32',
+                                                     'fp32', '*fp32', 'i32'],
+                  dict(SOFT=soft, ALPHA_T=flag, BLOCK_P=bp,
+                       BLOCK_K=min(bk, 2048)), 8)
+        build(tm._fwd_split_kernel,
+              ['z_ptr', 't_ptr', 'part_ptr', 'NS', 'K', 'SPLITS',
+               'k_per_split'], [zt, tt, '*fp32', 'i32', 'i32', 'i32', 'i32'],
+              dict(SOFT=soft, BLOCK_P=1, BLOCK_K=2048), 8)
+        build(tm._fwd_combine_kernel,
+              ['z_ptr', 't_ptr', 'part_ptr', 'loss_ptr', 'gap_ptr', 'aux_ptr',
+               'NS', 'K', 'SPLITS', 'alpha', 'alpha_ptr', 'ignore_index'],
+              [zt, tt, '*fp32', zt, '*fp32', '*fp32', 'i32', 'i32', 'i32',
+               'fp32', '*fp32', 'i32'],
+              dict(SOFT=soft, REDUCED=flag, ALPHA_T=flag, BLOCK_P=64,
+                   BLOCK_S=32))
+        build(tm._finish_kernel,
+              ['aux_ptr', 'loss_ptr', 'gap_ptr', 'ok_ptr', 'NS', 'scale'],
+              ['*fp32', zt, '*fp32', '*i32', 'i32', 'fp32'],
+              dict(SAVED=4 if soft else 3, REDUCED=flag, CHECK=not soft,
+                   BLOCK=1024))
