@@ -462,3 +462,30 @@ def test_loss_terms_in_the_training_log(imagenet_root, tmp_path,
     logged = [json.loads(line) for line in open(next(
         tmp_path.glob('*/vis_data/scalars.json')))]
     assert all('maxsup_term' in r and 'ce_term' in r for r in logged)
+
+
+def test_avg_factor_without_weight_and_through_the_head():
+    """mmpretrain's heads pass avg_factor=batch size: the op then reduces
+    in place; any other avg_factor divides the sum, as mmpretrain does."""
+    from mmpretrain.models.heads import LinearClsHead
+    from mmpretrain.structures import DataSample
+    logits, labels = _data()
+    per = F.cross_entropy(logits, labels, reduction='none') + 0.1 * (
+        logits.max(1).values - logits.mean(1))
+    loss = MaxSupLoss(alpha=0.1, loss_weight=2.0)
+    torch.testing.assert_close(loss(logits, labels, avg_factor=16),
+                               2 * per.mean())
+    torch.testing.assert_close(loss(logits, labels, avg_factor=5.0),
+                               2 * per.sum() / 5)
+    torch.testing.assert_close(
+        loss(logits, labels, avg_factor=torch.tensor(4.0, dtype=DT)),
+        2 * per.sum() / 4)
+    head = LinearClsHead(num_classes=7, in_channels=3,
+                         loss=dict(type='MaxSupLoss', alpha=0.1))
+    feats = torch.randn(16, 3, generator=torch.Generator().manual_seed(0))
+    samples = [DataSample().set_gt_label(int(y)) for y in labels]
+    out = head.loss((feats, ), samples)['loss']
+    z = head.fc(feats)
+    expected = (F.cross_entropy(z, labels, reduction='none') + 0.1 * (
+        z.max(1).values - z.mean(1))).mean()
+    torch.testing.assert_close(out, expected)

@@ -248,8 +248,19 @@ class BaseClsLoss(LossTermsMixin, nn.Module):
                                  f'shape ({cls_score.shape[0]},), got '
                                  f'{tuple(weight.shape)}')
             weight = weight.float()
-        if self.reduces_itself and weight is None and avg_factor is None:
-            loss, term, coef = self.loss_and_term(cls_score, label, reduction)
+        if self.reduces_itself and weight is None and (
+                avg_factor is None or reduction == 'mean'):
+            # reduced inside the kernel: mmpretrain's heads pass
+            # avg_factor = batch size, which is the mean
+            if avg_factor is None or (not isinstance(avg_factor, torch.Tensor)
+                                      and avg_factor == cls_score.shape[0]):
+                loss, term, coef = self.loss_and_term(cls_score, label,
+                                                      reduction)
+            else:  # mmpretrain: the sum divided by avg_factor
+                loss, term, coef = self.loss_and_term(cls_score, label, 'sum')
+                loss = loss / avg_factor
+                if term is not None and self.record_terms and self.training:
+                    term = term / avg_factor
         else:
             loss, term, coef = self.loss_and_term(cls_score, label)
             loss = weight_reduce_loss(
