@@ -589,9 +589,9 @@ def test_triton_kernels_compile_for_cuda_without_a_gpu():
         triton.compile(ASTSource(fn, sig, consts), target=target,
                        options={'num_warps': warps})
 
-    fwd = ['z_ptr', 't_ptr', 'loss_ptr', 'gap_ptr', 'aux_ptr', 'P', 'NS', 'K',
-           'stride_outer', 'stride_pos', 'stride_k', 'alpha', 'alpha_ptr',
-           'ignore_index']
+    fwd = ['z_ptr', 't_ptr', 'loss_ptr', 'gap_ptr', 'aux_ptr', 'sums_ptr', 'P',
+           'NS', 'K', 'stride_outer', 'stride_pos', 'stride_k', 'alpha',
+           'alpha_ptr', 'ignore_index']
     bwd = ['z_ptr', 't_ptr', 'g_ptr', 'aux_ptr', 'dz_ptr', 'P', 'NS', 'K',
            'stride_outer', 'stride_pos', 'stride_k', 'g_stride_outer',
            'g_stride_pos', 'g_scale', 'alpha', 'alpha_ptr', 'ignore_index']
@@ -601,8 +601,8 @@ def test_triton_kernels_compile_for_cuda_without_a_gpu():
         tt = '*fp32' if soft else '*i64'
         for bp, bk in ((1, 4096), (128, 16)):
             build(tm._fwd_kernel, fwd,
-                  [zt, tt, zt, '*fp32', '*fp32'] + i32 + ['fp32', '*fp32',
-                                                          'i32'],
+                  [zt, tt, zt, '*fp32', '*fp32', '*fp32'] + i32 +
+                  ['fp32', '*fp32', 'i32'],
                   dict(SOFT=soft, REDUCED=flag, ALPHA_T=flag, BLOCK_P=bp,
                        BLOCK_K=bk), 8)
             build(tm._bwd_kernel, bwd,
@@ -616,13 +616,13 @@ def test_triton_kernels_compile_for_cuda_without_a_gpu():
               dict(SOFT=soft, BLOCK_P=1, BLOCK_K=2048), 8)
         build(tm._fwd_combine_kernel,
               ['z_ptr', 't_ptr', 'part_ptr', 'loss_ptr', 'gap_ptr', 'aux_ptr',
-               'NS', 'K', 'SPLITS', 'alpha', 'alpha_ptr', 'ignore_index'],
-              [zt, tt, '*fp32', zt, '*fp32', '*fp32', 'i32', 'i32', 'i32',
-               'fp32', '*fp32', 'i32'],
+               'sums_ptr', 'NS', 'K', 'SPLITS', 'alpha', 'alpha_ptr',
+               'ignore_index'],
+              [zt, tt, '*fp32', zt, '*fp32', '*fp32', '*fp32', 'i32', 'i32',
+               'i32', 'fp32', '*fp32', 'i32'],
               dict(SOFT=soft, REDUCED=flag, ALPHA_T=flag, BLOCK_P=64,
                    BLOCK_S=32))
         build(tm._finish_kernel,
-              ['aux_ptr', 'loss_ptr', 'gap_ptr', 'ok_ptr', 'NS', 'scale'],
+              ['sums_ptr', 'loss_ptr', 'gap_ptr', 'ok_ptr', 'NP', 'scale'],
               ['*fp32', zt, '*fp32', '*i32', 'i32', 'fp32'],
-              dict(SAVED=4 if soft else 3, REDUCED=flag, CHECK=not soft,
-                   BLOCK=1024))
+              dict(REDUCED=flag, CHECK=not soft, BLOCK=1024))

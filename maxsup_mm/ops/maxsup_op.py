@@ -28,8 +28,8 @@ alpha, e.g. from ``AlphaScheduleHook``, is a new input, not a recompile.)
   (1) / sum (2) over all positions, reduced inside the op (no extra autograd
   node).  Ignored positions count with loss 0 (the mean of the unreduced
   loss, as mmpretrain's losses take it).
-* ``gap``: :math:`z_{max} - \bar z` (eq. 8) reduced the same way, float32;
-  not differentiable (``loss = CE + alpha * gap``: what the training logs
+* ``gap``: :math:`z_{max} - \bar z` (eq. 8) reduced the same way, float32
+  (float64 for float64 logits); not differentiable (``loss = CE + alpha * gap``: what the training logs
   show as the regularizer).
 * ``aux``: what the backward pass needs, per position: the row max ``m``,
   ``ls = log sum exp(z - m)`` (stored apart so that ``exp((z - m) - ls)``
@@ -40,16 +40,21 @@ alpha, e.g. from ``AlphaScheduleHook``, is a new input, not a recompile.)
 Kernels, per device (``backend``; ``'auto'`` picks the compiled one):
 
 * CPU: the C++ kernel (``csrc/maxsup_cpu.cpp``, built once by
-  ``python maxsup_mm/ops/build.py``), ``'cpp'`` (AVX2 where the CPU has it)
-  or ``'cpp-generic'`` (portable 4-lane build);
+  ``python maxsup_mm/ops/build.py``), ``'cpp'`` (the widest build the CPU
+  runs: AVX-512, AVX2 or portable), ``'cpp-avx2'`` or ``'cpp-generic'``
+  (portable 4-lane build);
 * CUDA: the Triton kernels (:mod:`.triton_maxsup`), ``'triton'``;
 * anywhere: the same math in PyTorch ops (:mod:`.torch_maxsup`),
   ``'torch'``; used with a warning where no compiled kernel applies, and for
   float64.
 
 Plus a fake (meta) implementation for ``torch.compile`` / FakeTensor, and one
-autograd formula (:func:`torch.library.register_autograd`) whose backward is
-the op ``maxsup_mm::maxsup_ce_backward`` with the same kernels.  The fused
+autograd formula, an ``autograd.Function`` registered to the op's Autograd
+key (what :func:`torch.library.register_autograd` would generate, without
+its per-call cost), whose backward is the op
+``maxsup_mm::maxsup_ce_backward`` with the same kernels.  In eager mode,
+for plain tensors and no dispatch mode, :func:`maxsup_cross_entropy` calls
+that Function and the kernels directly; tracers see the op.  The fused
 loss is differentiable once: differentiating its gradient raises a
 RuntimeError that says so (use ``backend='reference'``, the naive oracle of
 :mod:`.reference`, for double backward).

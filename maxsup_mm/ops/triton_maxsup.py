@@ -19,10 +19,12 @@ logit, so no sum grows with the logits' offset; ``sum (z - max)`` follows
 exactly).  **Split-K**: when there are too few rows to fill the GPU and the
 rows are long (e.g. 64 x 21841), each row is cut into ``splits`` ranges of
 classes, one program each, and a second small kernel merges the partial
-statistics.  A third, single-program kernel (launched for hard targets or a
-``mean`` / ``sum`` reduction) sums the row losses and gaps in place and
-counts out-of-range targets, which :func:`torch._assert_async` turns into a
-device-side error without a host synchronisation.
+statistics.  Each forward program also writes its sums of loss and gap and its count of
+out-of-range targets; a single-program kernel (launched for hard targets or
+a ``mean`` / ``sum`` reduction) adds those partial sums up (one value per
+program, not per position), which gives the reduced loss in place and a
+flag that :func:`torch._assert_async` turns into a device-side error
+without a host synchronisation.
 
 Backward (one launch): one program per (positions x classes) tile reads the
 logits once and writes the gradient once.
@@ -40,7 +42,8 @@ def _finish_position(z_ptr, t_ptr, loss_ptr, gap_ptr, aux_ptr, base, out,
                      dr, ydr, sy, SOFT: tl.constexpr, REDUCED: tl.constexpr):
     """Per position: loss, gap and the saved statistics from the row's
     max ``m``, ``se = sum exp(z - m)``, arg-max, ``dr = sum (z - r)`` and,
-    soft, ``ydr = sum y (z - r)`` and ``sy = sum y``."""
+    soft, ``ydr = sum y (z - r)`` and ``sy = sum y``.  Returns the block's
+    sums of loss and gap and its number of out-of-range targets."""
     ls = tl.log(se)
     d = dr - K * (m - r)  # sum_k (z_k - m), exact up to fp32 rounding
     gap = -d / K
@@ -49,6 +52,7 @@ def _finish_position(z_ptr, t_ptr, loss_ptr, gap_ptr, aux_ptr, base, out,
         yd = ydr - sy * (m - r)  # sum_k y_k (z_k - m)
         loss = sy * ls - yd + alpha * gap
         amf = am.to(tl.float32)
+        nbad = tl.zeros_like(m)
         tl.store(aux_ptr + 3 * NS + out, sy, mask=pmask)
     else:
         t = tl.load(t_ptr + out, mask=pmask, other=0).to(tl.int64)
@@ -61,8 +65,9 @@ def _finish_position(z_ptr, t_ptr, loss_ptr, gap_ptr, aux_ptr, base, out,
                         tl.where(inside, ls - (zgt - m) + alpha * gap,
                                  float('nan')))
         gap = tl.where(ignored | (~inside), 0.0, gap)
-        # -1 marks an out-of-range target for the finishing kernel's check
+        # -1 marks an out-of-range target (also counted for the check)
         amf = tl.where(inside | ignored, am.to(tl.float32), -1.0)
+        nbad = tl.where(pmask & (~inside) & (~ignored), 1.0, 0.0)
     if REDUCED:
         tl.store(aux_ptr + SAVED * NS + out, loss, mask=pmask)
         tl.store(aux_ptr + (SAVED + 1) * NS + out, gap, mask=pmask)
@@ -73,6 +78,16 @@ def _finish_position(z_ptr, t_ptr, loss_ptr, gap_ptr, aux_ptr, base, out,
     tl.store(aux_ptr + out, m, mask=pmask)
     tl.store(aux_ptr + NS + out, ls, mask=pmask)
     tl.store(aux_ptr + 2 * NS + out, amf, mask=pmask)
+    return (tl.sum(tl.where(pmask, loss, 0.0), axis=0),
+            tl.sum(tl.where(pmask, gap, 0.0), axis=0), tl.sum(nbad, axis=0))
+
+
+@triton.jit
+def _store_partials(part_ptr, pidx, NP, lsum, gsum, nbad):
+    """One program's sums, for the finishing kernel (3 rows of NP)."""
+    tl.store(part_ptr + pidx, lsum)
+    tl.store(part_ptr + NP + pidx, gsum)
+    tl.store(part_ptr + 2 * NP + pidx, nbad)
 
 
 @triton.jit
@@ -121,8 +136,8 @@ def _scan_classes(z_ptr, t_ptr, base, pmask, r, k_lo, k_hi, K, stride_k,
 
 
 @triton.jit
-def _fwd_kernel(z_ptr, t_ptr, loss_ptr, gap_ptr, aux_ptr, P, NS, K,
-                stride_outer, stride_pos, stride_k, alpha, alpha_ptr,
+def _fwd_kernel(z_ptr, t_ptr, loss_ptr, gap_ptr, aux_ptr, sums_ptr, P, NS,
+                K, stride_outer, stride_pos, stride_k, alpha, alpha_ptr,
                 ignore_index, SOFT: tl.constexpr, REDUCED: tl.constexpr,
                 ALPHA_T: tl.constexpr, BLOCK_P: tl.constexpr,
                 BLOCK_K: tl.constexpr):
@@ -138,9 +153,13 @@ def _fwd_kernel(z_ptr, t_ptr, loss_ptr, gap_ptr, aux_ptr, P, NS, K,
     m, se, am, dr, ydr, sy = _scan_classes(z_ptr, t_ptr, base, pmask, r, 0,
                                            K, K, stride_k, SOFT, BLOCK_P,
                                            BLOCK_K)
-    _finish_position(z_ptr, t_ptr, loss_ptr, gap_ptr, aux_ptr, base, out,
-                     pmask, NS, K, stride_k, alpha, ignore_index, r, m, se,
-                     am, dr, ydr, sy, SOFT, REDUCED)
+    lsum, gsum, nbad = _finish_position(z_ptr, t_ptr, loss_ptr, gap_ptr,
+                                        aux_ptr, base, out, pmask, NS, K,
+                                        stride_k, alpha, ignore_index, r, m,
+                                        se, am, dr, ydr, sy, SOFT, REDUCED)
+    np0 = tl.num_programs(0)
+    _store_partials(sums_ptr, outer * np0 + pid, np0 * tl.num_programs(1),
+                    lsum, gsum, nbad)
 
 
 @triton.jit
@@ -172,7 +191,8 @@ def _fwd_split_kernel(z_ptr, t_ptr, part_ptr, NS, K, SPLITS, k_per_split,
 
 @triton.jit
 def _fwd_combine_kernel(z_ptr, t_ptr, part_ptr, loss_ptr, gap_ptr, aux_ptr,
-                        NS, K, SPLITS, alpha, alpha_ptr, ignore_index,
+                        sums_ptr, NS, K, SPLITS, alpha, alpha_ptr,
+                        ignore_index,
                         SOFT: tl.constexpr, REDUCED: tl.constexpr,
                         ALPHA_T: tl.constexpr, BLOCK_P: tl.constexpr,
                         BLOCK_S: tl.constexpr):
@@ -205,30 +225,31 @@ def _fwd_combine_kernel(z_ptr, t_ptr, part_ptr, loss_ptr, gap_ptr, aux_ptr,
         ydr = dr
         sy = dr
     r = _row_reference(z_ptr, base, pmask)
-    _finish_position(z_ptr, t_ptr, loss_ptr, gap_ptr, aux_ptr, base, pos,
-                     pmask, NS, K, 1, alpha, ignore_index, r, m, se, am, dr,
-                     ydr, sy, SOFT, REDUCED)
+    lsum, gsum, nbad = _finish_position(z_ptr, t_ptr, loss_ptr, gap_ptr,
+                                        aux_ptr, base, pos, pmask, NS, K, 1,
+                                        alpha, ignore_index, r, m, se, am, dr,
+                                        ydr, sy, SOFT, REDUCED)
+    _store_partials(sums_ptr, pid, tl.num_programs(0), lsum, gsum, nbad)
 
 
 @triton.jit
-def _finish_kernel(aux_ptr, loss_ptr, gap_ptr, ok_ptr, NS, scale,
-                   SAVED: tl.constexpr, REDUCED: tl.constexpr,
-                   CHECK: tl.constexpr, BLOCK: tl.constexpr):
-    # one program: sum (or mean) of the row losses and gaps, in place, and
-    # whether every hard target was in range (no -1 arg-max marker)
+def _finish_kernel(sums_ptr, loss_ptr, gap_ptr, ok_ptr, NP, scale,
+                   REDUCED: tl.constexpr, CHECK: tl.constexpr,
+                   BLOCK: tl.constexpr):
+    # one program over the forward programs' partial sums: the sum (or
+    # mean) of the losses and gaps, in place, and whether every hard target
+    # was in range
     acc_l = tl.zeros([BLOCK], tl.float32)
     acc_g = tl.zeros([BLOCK], tl.float32)
-    bad = tl.zeros([BLOCK], tl.int32)
-    for i0 in range(0, NS, BLOCK):
+    bad = tl.zeros([BLOCK], tl.float32)
+    for i0 in range(0, NP, BLOCK):
         idx = i0 + tl.arange(0, BLOCK)
-        mask = idx < NS
+        mask = idx < NP
         if REDUCED:
-            acc_l += tl.load(aux_ptr + SAVED * NS + idx, mask=mask, other=0.0)
-            acc_g += tl.load(aux_ptr + (SAVED + 1) * NS + idx, mask=mask,
-                             other=0.0)
+            acc_l += tl.load(sums_ptr + idx, mask=mask, other=0.0)
+            acc_g += tl.load(sums_ptr + NP + idx, mask=mask, other=0.0)
         if CHECK:
-            amf = tl.load(aux_ptr + 2 * NS + idx, mask=mask, other=0.0)
-            bad += (amf < 0).to(tl.int32)
+            bad += tl.load(sums_ptr + 2 * NP + idx, mask=mask, other=0.0)
     if REDUCED:
         tl.store(loss_ptr, (tl.sum(acc_l, axis=0) * scale).to(
             loss_ptr.dtype.element_ty))
@@ -379,23 +400,30 @@ def forward(z: torch.Tensor, target: torch.Tensor, alpha,
             BLOCK_K=block_k, num_warps=8 if block_k >= 2048 else 4)
         block_s = triton.next_power_of_2(splits)
         block_p = max(1, min(128, 2048 // block_s))
-        _fwd_combine_kernel[(triton.cdiv(ns, block_p), )](
-            z, target, part, loss, gap, aux, ns, k, splits, alpha, alpha_ptr,
-            ignore_index, SOFT=soft, REDUCED=reduced, ALPHA_T=alpha_t,
-            BLOCK_P=block_p, BLOCK_S=block_s, num_warps=4)
+        programs = triton.cdiv(ns, block_p)
+        sums = torch.empty((3, programs), device=z.device,
+                           dtype=torch.float32)
+        _fwd_combine_kernel[(programs, )](
+            z, target, part, loss, gap, aux, sums, ns, k, splits, alpha,
+            alpha_ptr, ignore_index, SOFT=soft, REDUCED=reduced,
+            ALPHA_T=alpha_t, BLOCK_P=block_p, BLOCK_S=block_s, num_warps=4)
     else:
         grid, block_p, block_k, warps, geo = _config(z)
-        _fwd_kernel[grid](z, target, loss, gap, aux, geo[0], ns, k, geo[2],
-                          geo[3], geo[4], alpha, alpha_ptr, ignore_index,
-                          SOFT=soft, REDUCED=reduced, ALPHA_T=alpha_t,
-                          BLOCK_P=block_p, BLOCK_K=block_k, num_warps=warps)
+        programs = grid[0] * grid[1]
+        sums = torch.empty((3, programs), device=z.device,
+                           dtype=torch.float32)
+        _fwd_kernel[grid](z, target, loss, gap, aux, sums, geo[0], ns, k,
+                          geo[2], geo[3], geo[4], alpha, alpha_ptr,
+                          ignore_index, SOFT=soft, REDUCED=reduced,
+                          ALPHA_T=alpha_t, BLOCK_P=block_p, BLOCK_K=block_k,
+                          num_warps=warps)
     check = not soft
     if reduced or check:
         ok = torch.empty((), device=z.device, dtype=torch.int32)
-        _finish_kernel[(1, )](aux, loss, gap, ok, ns,
+        _finish_kernel[(1, )](sums, loss, gap, ok, programs,
                               1.0 / ns if reduction == 1 else 1.0,
-                              SAVED=saved, REDUCED=reduced, CHECK=check,
-                              BLOCK=1024, num_warps=4)
+                              REDUCED=reduced, CHECK=check, BLOCK=1024,
+                              num_warps=4)
         if check:
             torch._assert_async(
                 ok, f'maxsup_cross_entropy: a target is out of bounds for {k} '
