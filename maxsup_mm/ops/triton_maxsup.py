@@ -29,6 +29,8 @@ without a host synchronisation.
 Backward (one launch): one program per (positions x classes) tile reads the
 logits once and writes the gradient once.
 """
+import functools
+
 import torch
 import triton
 import triton.language as tl
@@ -306,17 +308,12 @@ def _bwd_kernel(z_ptr, t_ptr, g_ptr, aux_ptr, dz_ptr, P, NS, K, stride_outer,
     tl.store(dz_ptr + offs, d.to(dz_ptr.dtype.element_ty), mask=mask)
 
 
-_SMS = {}
-
-
+@functools.lru_cache(maxsize=None)
 def _sm_count(device) -> int:
-    if device not in _SMS:
-        try:
-            _SMS[device] = torch.cuda.get_device_properties(
-                device).multi_processor_count
-        except Exception:  # interpreter / no CUDA
-            _SMS[device] = 1
-    return _SMS[device]
+    try:
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    except Exception:  # interpreter / no CUDA
+        return 1
 
 
 def _config(z: torch.Tensor, backward: bool = False):
