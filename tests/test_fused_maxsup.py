@@ -1,12 +1,13 @@
-"""The fused MaxSup loss against independent oracles.
+"""The fused MaxSup op against independent oracles.
 
 Oracles: the naive MaxSup (``maxsup_cross_entropy_reference``: separate
 PyTorch ops, differentiated by autograd), evaluated in float64 and in the
 input's precision, ``F.cross_entropy`` (alpha = 0), and hand-made rows whose
-arg-max is known.  Every back-end available here is checked: the compiled
-CPU kernel (AVX2 and portable builds), the pure-PyTorch fallback, the Triton
-kernel through Triton's CPU interpreter, and on a CUDA machine the Triton
-kernel itself.
+arg-max is known.  Every kernel of the op available here is checked: the
+compiled CPU kernel (AVX-512, AVX2 and portable builds), the pure-PyTorch
+kernel, the Triton kernels through Triton's CPU interpreter, and on a CUDA
+machine the Triton kernels themselves.  The op's registration (opcheck,
+gradcheck, torch.compile, no host sync) is tested in ``test_maxsup_op.py``.
 """
 import os
 import os.path as osp
@@ -18,18 +19,19 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from maxsup_mm import ops
 from maxsup_mm.models.losses.functional import (
     maxsup_cross_entropy, maxsup_cross_entropy_reference)
-from maxsup_mm.ops import fused_maxsup as fm
+from maxsup_mm.ops import torch_maxsup
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 ALPHA = 0.1
 
-CPU_BACKENDS = [b for b in ('cpp', 'cpp-generic', 'torch')
-                if b in fm.available_backends('cpu')]
+CPU_BACKENDS = [b for b in ('cpp', 'cpp-avx2', 'cpp-generic', 'torch')
+                if b in ops.available_backends('cpu')]
 CUDA = torch.cuda.is_available()
 DEVICE_BACKENDS = [('cpu', b) for b in CPU_BACKENDS]
-if CUDA and 'triton' in fm.available_backends('cuda'):
+if CUDA and 'triton' in ops.available_backends('cuda'):
     DEVICE_BACKENDS += [('cuda', 'triton'), ('cuda', 'torch')]
 
 SHAPES = [
@@ -80,7 +82,7 @@ def reference(z, t, w, dtype=torch.float64, ignore_index=-100):
 
 
 def fused(backend, ignore_index=-100):
-    return lambda z, t: fm.fused_maxsup_cross_entropy(
+    return lambda z, t: ops.maxsup_cross_entropy(
         z, t, ALPHA, ignore_index, backend=backend)
 
 
@@ -90,19 +92,42 @@ def fused(backend, ignore_index=-100):
 @pytest.mark.skipif(shutil.which('c++') is None and shutil.which('g++') is None,
                     reason='no C++ compiler: the PyTorch fallback is used')
 def test_cpu_kernel_is_built_where_a_compiler_exists():
-    assert fm.cpu_kernel_available(), (
+    assert ops.cpu_kernel_available(), (
         'the fused MaxSup CPU kernel is not available although a C++ compiler '
-        f'is: {fm._cpu_state["why"]} (build it: python maxsup_mm/ops/build.py)')
+        f'is: {ops.cpu_kernel_error()} (build it: python maxsup_mm/ops/build.py)')
+
+
+def _profiled_ops(fn):
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU]) as p:
+        fn()
+    return {e.name for e in p.events()}
 
 
 def test_maxsup_cross_entropy_uses_the_fused_kernel():
+    from torch.utils._python_dispatch import TorchDispatchMode
     z = torch.randn(4, 5, requires_grad=True)
-    loss = maxsup_cross_entropy(z, torch.tensor([0, 1, 2, 3]), ALPHA)
-    name = loss.grad_fn.name()
-    if fm.cpu_kernel_available():
-        assert 'MaxSupCE' in name, name
-    else:
-        assert 'MaxSupFunction' in name, name
+    t = torch.tensor([0, 1, 2, 3])
+    loss = maxsup_cross_entropy(z, t, ALPHA)
+    assert 'MaxSupCE' in loss.grad_fn.name(), loss.grad_fn.name()
+    if ops.cpu_kernel_available():  # eager: the compiled kernel runs
+        names = _profiled_ops(
+            lambda: maxsup_cross_entropy(z, t, ALPHA).sum().backward())
+        assert {'maxsup_mm_cpu::fwd', 'maxsup_mm_cpu::bwd'} <= names
+
+    class Seen(TorchDispatchMode):  # what a tracer (torch.compile) sees
+        def __init__(self):
+            super().__init__()
+            self.ops = set()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.ops.add(str(func))
+            return func(*args, **(kwargs or {}))
+
+    with Seen() as seen:
+        maxsup_cross_entropy(z, t, ALPHA).sum().backward()
+    assert {'maxsup_mm.maxsup_ce.default',
+            'maxsup_mm.maxsup_ce_backward.default'} <= seen.ops, seen.ops
 
 
 # --------------------------------------------------------------------------
@@ -144,11 +169,11 @@ def test_ignore_index_zero_loss_and_gradient(device, backend):
 @pytest.mark.parametrize('device,backend', DEVICE_BACKENDS)
 def test_alpha_zero_is_cross_entropy(device, backend):
     z, t, w = make_case((33, 1000), False, device, ignore_frac=0.1)
-    loss = fm.fused_maxsup_cross_entropy(z, t, 0.0, backend=backend)
+    loss = ops.maxsup_cross_entropy(z, t, 0.0, backend=backend)
     ce = F.cross_entropy(z.double(), t, reduction='none')
     assert rel(loss, ce) <= 1e-6
     zs, ys, _ = make_case((2, 19, 9, 7), True, device)
-    soft = fm.fused_maxsup_cross_entropy(zs, ys, 0.0, backend=backend)
+    soft = ops.maxsup_cross_entropy(zs, ys, 0.0, backend=backend)
     assert rel(soft, F.cross_entropy(zs.double(), ys.double(),
                                      reduction='none')) <= 1e-6
 
@@ -173,7 +198,7 @@ def test_ties_give_alpha_to_the_first_maximal_index(device, backend):
     z = _tie_rows(k, positions, device)
     t = torch.full((len(positions), ), 5, device=device)
     zz = z.clone().requires_grad_(True)
-    fm.fused_maxsup_cross_entropy(zz, t, ALPHA, backend=backend).sum().backward()
+    ops.maxsup_cross_entropy(zz, t, ALPHA, backend=backend).sum().backward()
     q = torch.softmax(z.double(), 1)
     for r, pos in enumerate(positions):
         first = min(pos)
@@ -275,17 +300,23 @@ def test_float64_runs_the_pytorch_backend_exactly():
 def test_fallback_forced_by_argument_env_and_default(monkeypatch):
     z, t, w = make_case((33, 100), False)
     ref_loss, ref_grad = reference(z, t, w)
+    calls = []
+    for name in ('forward', 'backward'):  # count the PyTorch kernel's calls
+        real = getattr(torch_maxsup, name)
+        monkeypatch.setattr(torch_maxsup, name, lambda *a, _r=real, _n=name:
+                            calls.append(_n) or _r(*a))
     zz = z.clone().requires_grad_(True)
-    loss = fm.fused_maxsup_cross_entropy(zz, t, ALPHA, backend='torch')
-    assert 'MaxSupFunction' in loss.grad_fn.name()
-    old = fm.set_default_backend('torch')
+    loss = ops.maxsup_cross_entropy(zz, t, ALPHA, backend='torch')
+    assert 'MaxSupCE' in loss.grad_fn.name() and calls == ['forward']
+    old = ops.set_default_backend('torch')
     try:
         loss = maxsup_cross_entropy(zz, t, ALPHA)
-        assert 'MaxSupFunction' in loss.grad_fn.name()
+        assert 'MaxSupCE' in loss.grad_fn.name()
         (loss * w).sum().backward()
+        assert calls == ['forward', 'forward', 'backward']
         assert rel(loss, ref_loss) <= 1e-6 and rel(zz.grad, ref_grad) <= 1e-6
     finally:
-        fm.set_default_backend(old)
+        ops.set_default_backend(old)
     # the environment variable is read when the module is imported
     code = ('import torch; from maxsup_mm.models.losses.functional import '
             'maxsup_cross_entropy as f; z = torch.randn(3, 4, requires_grad=True);'
@@ -294,19 +325,23 @@ def test_fallback_forced_by_argument_env_and_default(monkeypatch):
     out = subprocess.run([sys.executable, '-c', code], env=env, cwd=ROOT,
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
-    assert 'MaxSupFunction' not in out.stdout and 'MaxSupCE' not in out.stdout
+    assert 'MaxSupCE' not in out.stdout and out.stdout.strip()
     with pytest.raises(ValueError, match='backend'):
-        fm.set_default_backend('fast')
+        ops.set_default_backend('fast')
+    with pytest.raises(ValueError, match='backend'):
+        ops.maxsup_cross_entropy(z, t, backend='fast')
+    if ops.cpu_kernel_available():  # a kernel that cannot run: a clear error
+        with pytest.raises(ValueError, match="'triton' needs CUDA"):
+            ops.maxsup_cross_entropy(z, t, backend='triton')
 
 
 @pytest.mark.parametrize('device,backend', DEVICE_BACKENDS)
 def test_double_backward_raises_a_clear_error(device, backend):
     z = torch.randn(4, 6, device=device, requires_grad=True)
     t = torch.tensor([0, 1, 2, 3], device=device)
-    loss = fm.fused_maxsup_cross_entropy(z, t, ALPHA, backend=backend).sum()
-    # the C++ op refuses create_graph=True; the Python Function (torch,
-    # triton) is @once_differentiable and refuses the second backward
-    with pytest.raises(RuntimeError, match='differentiable once|twice'):
+    loss = ops.maxsup_cross_entropy(z, t, ALPHA, backend=backend).sum()
+    # the op's autograd formula refuses create_graph=True
+    with pytest.raises(RuntimeError, match='differentiable once'):
         (g, ) = torch.autograd.grad(loss, z, create_graph=True)
         g.sum().backward()
     # the reference supports it
@@ -328,6 +363,13 @@ def test_bad_inputs_raise(backend):
         f(torch.randn(3, 4), torch.rand(3, 5))
     with pytest.raises(ValueError, match='logits'):
         f(torch.randn(3), torch.tensor([0, 1, 2]))
+    with pytest.raises(ValueError, match='no classes'):
+        f(torch.randn(3, 0), torch.tensor([0, 1, 2]))
+    with pytest.raises(ValueError, match='target'):  # bool is not a class
+        f(torch.randn(3, 4), torch.tensor([True, False, True]))
+    with pytest.raises(ValueError, match='reduction'):
+        ops.maxsup_cross_entropy(torch.randn(3, 4), torch.tensor([0, 1, 2]),
+                                 reduction='avg', backend=backend)
 
 
 def test_target_requiring_grad_uses_the_reference():
@@ -338,7 +380,7 @@ def test_target_requiring_grad_uses_the_reference():
     torch.testing.assert_close(y.grad, -q)  # d/dy of -sum y log q
 
 
-@pytest.mark.skipif(not fm.cpu_kernel_available(), reason='no CPU kernel')
+@pytest.mark.skipif(not ops.cpu_kernel_available(), reason='no CPU kernel')
 @pytest.mark.parametrize('shape', [(256, 1000), (2, 150, 32, 32)], ids=str)
 def test_cpu_kernel_allocates_only_the_gradient(shape):
     """At most one (B, K) buffer: the gradient itself (no softmax kept)."""
@@ -369,11 +411,40 @@ TRITON_INTERPRETER_CHECK = r'''
 import os, sys
 os.environ["TRITON_INTERPRET"] = "1"
 import torch
-from maxsup_mm.ops import fused_maxsup as fm
-from maxsup_mm.ops.triton_maxsup import TritonImpl
-from maxsup_mm.models.losses.functional import maxsup_cross_entropy_reference as ref
+from maxsup_mm import ops
+from maxsup_mm.ops import maxsup_op, triton_maxsup
+# the op's Triton kernels on CPU tensors: the whole op path (autograd,
+# layouts, reductions), with every kernel run by Triton's interpreter
+maxsup_op._kernel_for = lambda dev, dtype, backend: triton_maxsup
+split = {"n": 1}
+triton_maxsup.default_splits = lambda z: split["n"] if z.shape[2] == 1 else 1
+ref = ops.maxsup_cross_entropy_reference
 worst = 0.0
-for shape in [(7, 3), (9, 4999), (37, 100), (2, 19, 9, 7)]:
+
+
+def check(z, t, w, reduction, ignore_index=-100):
+    global worst
+    soft = t.is_floating_point()
+    zz = z.clone().requires_grad_(True)
+    loss, gap = ops.maxsup_cross_entropy(zz, t, 0.1, ignore_index, reduction,
+                                         return_gap=True)
+    (loss * w if reduction == "none" else loss * w.sum()).sum().backward()
+    z64 = z.double().requires_grad_(True)
+    l64 = ref(z64, t.double() if soft else t, 0.1, ignore_index)
+    g64 = ops.max_suppression(z.double())
+    if not soft:
+        g64 = g64.masked_fill(t == ignore_index, 0.)
+    if reduction != "none":
+        l64, g64 = getattr(l64, reduction)(), getattr(g64, reduction)()
+    (l64 * w.double() if reduction == "none" else
+     l64 * w.double().sum()).sum().backward()
+    assert gap.dtype == torch.float32 and not gap.requires_grad
+    for a, b in ((loss, l64), (zz.grad, z64.grad), (gap, g64)):
+        worst = max(worst, ((a.double() - b).norm() / b.norm()).item())
+
+
+cases = [(7, 3), (9, 4999), (37, 100), (2, 19, 9, 7)]
+for shape in cases:
     for soft in (False, True):
         g = torch.Generator().manual_seed(0)
         z = torch.randn(shape, generator=g) * 3
@@ -384,16 +455,33 @@ for shape in [(7, 3), (9, 4999), (37, 100), (2, 19, 9, 7)]:
         else:
             t = torch.randint(0, k, (shape[0],) + shape[2:], generator=g)
             t.view(-1)[::4] = -100
-        w = torch.rand(t.shape if not soft else (shape[0],) + shape[2:], generator=g)
-        zz = z.clone().requires_grad_(True)
-        loss = fm.MaxSupFunction.apply(zz, t, 0.1, -100, soft, TritonImpl()).view(w.shape)
-        (loss * w).sum().backward()
-        z64 = z.double().requires_grad_(True)
-        l64 = ref(z64, t.double() if soft else t, 0.1, -100)
-        (l64 * w.double()).sum().backward()
-        for a, b in ((loss, l64), (zz.grad, z64.grad)):
-            worst = max(worst, ((a.double() - b).norm() / b.norm()).item())
+        w = torch.rand((shape[0],) + shape[2:], generator=g)
+        for reduction in ("none", "mean", "sum"):
+            check(z, t, w, reduction)
+        if len(shape) > 2:  # channels-last: read as rows
+            check(z.contiguous(memory_format=torch.channels_last), t, w, "none")
+        if shape[1] > 50:  # split-K forward: 3 ranges of classes per row
+            split["n"] = 3
+            check(z, t, w, "mean")
+            check(z + 1e4, t, w, "none")  # large offset, merged partials
+            split["n"] = 1
+# alpha as a 0-d tensor (what the op gets inside torch.compile)
+op = torch.ops.maxsup_mm.maxsup_ce.default
+z, t = torch.randn(37, 100) * 3, torch.randint(0, 100, (37,))
+zz = z.clone().requires_grad_(True)
+loss = op(zz, t, 0.0, -100, 1, "auto", torch.tensor(0.1))[0]
+loss.backward()
+z64 = z.double().requires_grad_(True)
+l64 = ref(z64, t, 0.1).mean()
+l64.backward()
+for a, b in ((loss, l64), (zz.grad, z64.grad)):
+    worst = max(worst, ((a.double() - b).norm() / b.norm()).item())
 print("WORST", worst)
+try:  # an out-of-range target: the asynchronous assert of the op
+    ops.maxsup_cross_entropy(torch.randn(3, 4), torch.tensor([0, 4, 1]))
+    print("NO ERROR")
+except RuntimeError as exc:
+    print("ASSERT", "out of bounds" in str(exc))
 '''
 
 
@@ -406,5 +494,135 @@ def test_triton_kernels_in_the_interpreter():
     if out.returncode != 0 and 'TRITON_INTERPRET' in out.stderr:
         pytest.skip('this Triton has no interpreter')
     assert out.returncode == 0, out.stderr[-3000:]
-    worst = float(out.stdout.split('WORST')[-1])
+    worst = float(out.stdout.split('WORST')[-1].split()[0])
     assert worst <= 1e-6, worst
+    assert 'ASSERT True' in out.stdout, out.stdout
+
+
+# --------------------------------------------------------------------------
+# No read past the end of the logits / soft target (guard page)
+# --------------------------------------------------------------------------
+GUARD_PAGE_CHECK = r'''
+import ctypes, mmap, sys
+import torch
+from maxsup_mm import ops
+from maxsup_mm.ops.reference import maxsup_cross_entropy_reference as ref
+
+PAGE = mmap.PAGESIZE
+libc = ctypes.CDLL(None, use_errno=True)
+libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+keep = []
+
+
+def at_page_end(src):
+    """A copy of src whose last byte is the last one before a PROT_NONE page."""
+    nbytes = src.numel() * src.element_size()
+    mm = mmap.mmap(-1, 2 * PAGE)
+    addr = ctypes.addressof(ctypes.c_char.from_buffer(mm))
+    assert libc.mprotect(addr + PAGE, PAGE, 0) == 0, ctypes.get_errno()
+    t = torch.frombuffer(mm, dtype=src.dtype, count=src.numel(),
+                         offset=PAGE - nbytes).view(src.shape)
+    t.copy_(src)
+    keep.append(mm)
+    return t
+
+
+for backend in sys.argv[1].split(','):
+    for dtype in (torch.float32, torch.bfloat16):
+        for soft in (False, True):
+            for n, k in [(1, 1), (2, 1), (1, 2), (3, 2), (1, 3), (2, 3),
+                         (4, 3), (2, 5), (3, 7), (2, 9), (2, 13), (2, 17)]:
+                g = torch.Generator().manual_seed(n * 100 + k)
+                z0 = (torch.randn(n, k, generator=g) * 3).to(dtype)
+                t0 = (torch.softmax(torch.randn(n, k, generator=g), 1) if soft
+                      else torch.randint(0, k, (n,), generator=g))
+                z = at_page_end(z0).requires_grad_(True)
+                t = at_page_end(t0) if soft else t0
+                loss = ops.maxsup_cross_entropy(z, t, 0.1, backend=backend)
+                loss.sum().backward()
+                zr = z0.double().requires_grad_(True)
+                ref(zr, t0.double() if soft else t0, 0.1).sum().backward()
+                tol = 1e-5 if dtype == torch.float32 else 2e-2
+                lr = ref(z0.double(), t0.double() if soft else t0, 0.1)
+                torch.testing.assert_close(loss.double(), lr, rtol=tol, atol=tol)
+                torch.testing.assert_close(z.grad.double(), zr.grad, rtol=tol,
+                                           atol=tol)
+print('GUARD OK')
+'''
+
+
+@pytest.mark.skipif(not sys.platform.startswith('linux'),
+                    reason='mmap/mprotect guard page: Linux only')
+@pytest.mark.parametrize('backend', [b for b in ('auto', 'cpp', 'cpp-avx2',
+                                               'cpp-generic')
+                                     if b == 'auto' or b in CPU_BACKENDS])
+def test_no_read_past_the_end_of_the_logits(backend):
+    """K <= 3 (and any tail): logits and soft targets that end right before
+    an unreadable page, fp32 and bf16, forward and backward.  Run in a child
+    process so that a segfault fails this test instead of killing pytest."""
+    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS='1')
+    out = subprocess.run([sys.executable, '-c', GUARD_PAGE_CHECK, backend],
+                         env=env, cwd=ROOT, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0 and 'GUARD OK' in out.stdout, (
+        f'rc={out.returncode} (-11: segfault, a read past the tensor)\n'
+        f'{out.stderr[-3000:]}')
+
+
+def test_triton_kernels_compile_for_cuda_without_a_gpu():
+    """Every Triton kernel of the op compiles for a real GPU (sm_90: Triton
+    front end, LLVM, PTX and the bundled ptxas), fp32 and bf16, hard and
+    soft, reduced or not, alpha as a float or a tensor: what the
+    interpreter test cannot show (types, layouts, constexpr branches)."""
+    triton = pytest.importorskip('triton')
+    try:
+        from triton.backends.compiler import GPUTarget
+        from triton.compiler import ASTSource
+    except ImportError:
+        pytest.skip('this Triton cannot compile ahead of time')
+    from maxsup_mm.ops import triton_maxsup as tm
+    target = GPUTarget('cuda', 90, 32)
+
+    def build(fn, names, types, consts, warps=4):
+        sig = dict(zip(names, types))
+        sig.update({k: 'constexpr' for k in consts})
+        triton.compile(ASTSource(fn, sig, consts), target=target,
+                       options={'num_warps': warps})
+
+    fwd = ['z_ptr', 't_ptr', 'loss_ptr', 'gap_ptr', 'aux_ptr', 'sums_ptr', 'P',
+           'NS', 'K', 'stride_outer', 'stride_pos', 'stride_k', 'alpha',
+           'alpha_ptr', 'ignore_index']
+    bwd = ['z_ptr', 't_ptr', 'g_ptr', 'aux_ptr', 'dz_ptr', 'P', 'NS', 'K',
+           'stride_outer', 'stride_pos', 'stride_k', 'g_stride_outer',
+           'g_stride_pos', 'g_scale', 'alpha', 'alpha_ptr', 'ignore_index']
+    i32 = ['i32'] * 6
+    for zt, soft, flag in [('*fp32', False, False), ('*bf16', True, True),
+                           ('*bf16', False, True), ('*fp32', True, False)]:
+        tt = '*fp32' if soft else '*i64'
+        for bp, bk in ((1, 4096), (128, 16)):
+            build(tm._fwd_kernel, fwd,
+                  [zt, tt, zt, '*fp32', '*fp32', '*fp32'] + i32 +
+                  ['fp32', '*fp32', 'i32'],
+                  dict(SOFT=soft, REDUCED=flag, ALPHA_T=flag, BLOCK_P=bp,
+                       BLOCK_K=bk), 8)
+            build(tm._bwd_kernel, bwd,
+                  [zt, tt, zt, '*fp32', zt] + i32 + ['i32', 'i32', 'fp32',
+                                                     'fp32', '*fp32', 'i32'],
+                  dict(SOFT=soft, ALPHA_T=flag, BLOCK_P=bp,
+                       BLOCK_K=min(bk, 2048)), 8)
+        build(tm._fwd_split_kernel,
+              ['z_ptr', 't_ptr', 'part_ptr', 'NS', 'K', 'SPLITS',
+               'k_per_split'], [zt, tt, '*fp32', 'i32', 'i32', 'i32', 'i32'],
+              dict(SOFT=soft, BLOCK_P=1, BLOCK_K=2048), 8)
+        build(tm._fwd_combine_kernel,
+              ['z_ptr', 't_ptr', 'part_ptr', 'loss_ptr', 'gap_ptr', 'aux_ptr',
+               'sums_ptr', 'NS', 'K', 'SPLITS', 'alpha', 'alpha_ptr',
+               'ignore_index'],
+              [zt, tt, '*fp32', zt, '*fp32', '*fp32', '*fp32', 'i32', 'i32',
+               'i32', 'fp32', '*fp32', 'i32'],
+              dict(SOFT=soft, REDUCED=flag, ALPHA_T=flag, BLOCK_P=64,
+                   BLOCK_S=32))
+        build(tm._finish_kernel,
+              ['sums_ptr', 'loss_ptr', 'gap_ptr', 'ok_ptr', 'NP', 'scale'],
+              ['*fp32', zt, '*fp32', '*i32', 'i32', 'fp32'],
+              dict(REDUCED=flag, CHECK=not soft, BLOCK=1024))

@@ -322,3 +322,170 @@ def test_registered_in_mmpretrain():
         assert MODELS.get(name) is not None, name
     loss = MODELS.build(dict(type='MaxSupLoss', alpha=0.3))
     assert isinstance(loss, MaxSupLoss) and loss.alpha == 0.3
+
+
+# --------------------------------------------------------------------------
+# Label dtypes (issue 13.13): any integer class indices, as int64 ones
+# --------------------------------------------------------------------------
+def _every_loss(k):
+    ols = OnlineLabelSmoothLoss(num_classes=k)
+    ols.hook_attached = True
+    return [MaxSupLoss(alpha=0.2), LabelSmoothDecompLoss(alpha=0.2),
+            LabelSmoothDecompLoss(alpha=0.2, component='regularization'),
+            LabelSmoothDecompLoss(alpha=0.2, component='error_enhancement'),
+            LabelSmoothDecompLoss(alpha=0.2,
+                                  component='error_enhancement_max'),
+            LogitPenaltyLoss(beta=0.01), ConfidencePenaltyLoss(beta=0.3), ols]
+
+
+@pytest.mark.parametrize('dtype', [torch.int32, torch.int16, torch.int8,
+                                   torch.uint8], ids=str)
+@pytest.mark.parametrize('index', range(8))
+def test_integer_label_dtypes_equal_int64(dtype, index):
+    logits, labels = _data(k=7)
+    logits = logits.float()
+    for train in (False, True):  # OLS also accumulates in training
+        ref_fn, fn = _every_loss(7)[index], _every_loss(7)[index]
+        ref_fn.train(train)
+        fn.train(train)
+        z_ref = logits.clone().requires_grad_(True)
+        ref = ref_fn(z_ref, labels)
+        ref.backward()
+        z = logits.clone().requires_grad_(True)
+        out = fn(z, labels.to(dtype))
+        out.backward()
+        torch.testing.assert_close(out, ref)
+        torch.testing.assert_close(z.grad, z_ref.grad)
+        for a, b in zip(fn.buffers(), ref_fn.buffers()):
+            torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize('make', [
+    lambda: MaxSupLoss(alpha=float('inf')),
+    lambda: LabelSmoothDecompLoss(alpha=float('inf')),
+    lambda: LogitPenaltyLoss(beta=float('inf')),
+    lambda: ConfidencePenaltyLoss(beta=float('inf')),
+    lambda: MaxSupLoss(loss_weight=float('nan')),
+    lambda: MaxSupLoss(loss_weight=float('inf')),
+    lambda: LogitPenaltyLoss(loss_weight=float('nan')),
+    lambda: OnlineLabelSmoothLoss(num_classes=4, loss_weight=float('nan')),
+])
+def test_non_finite_hyperparameters_refused(make):
+    with pytest.raises(ValueError, match='finite'):
+        make()
+
+
+def test_alpha_setter_refuses_inf():
+    loss = MaxSupLoss()
+    with pytest.raises(ValueError, match='finite'):
+        loss.alpha = float('inf')
+    assert loss.alpha == 0.1
+
+
+# --------------------------------------------------------------------------
+# The parts of the loss for the training log (issue 13.18)
+# --------------------------------------------------------------------------
+@pytest.mark.parametrize('reduction, use_weight', [('mean', False),
+                                                   ('sum', False),
+                                                   ('mean', True)])
+def test_recorded_terms_against_oracles(reduction, use_weight):
+    """The recorded regularizer share and CE part: CE from F.cross_entropy,
+    the MaxSup share from the paper's eq. (8), reduced like the loss."""
+    from maxsup_mm.ops import max_suppression
+    logits, labels = _data(k=9, seed=4)
+    w = torch.rand(len(labels), generator=torch.Generator().manual_seed(3),
+                   dtype=DT) if use_weight else None
+    cases = [
+        (MaxSupLoss(alpha=0.15, loss_weight=2.0), 'maxsup_term',
+         lambda z: 0.15 * max_suppression(z)),
+        (LogitPenaltyLoss(beta=0.01, loss_weight=2.0), 'logit_penalty_term',
+         lambda z: 0.005 * z.pow(2).sum(1)),
+        (LabelSmoothDecompLoss(alpha=0.2, loss_weight=2.0), 'ls_term',
+         lambda z: F.cross_entropy(z, labels, label_smoothing=0.2,
+                                   reduction='none') -
+         F.cross_entropy(z, labels, reduction='none')),
+        (ConfidencePenaltyLoss(beta=0.3, loss_weight=2.0),
+         'confidence_penalty_term',
+         lambda z: 0.3 * (torch.softmax(z, 1) * torch.log_softmax(z, 1)).sum(
+             1)),
+    ]
+
+    def reduce(x):
+        x = x if w is None else x * w
+        return x.sum() if reduction == 'sum' else x.mean()
+
+    for loss_fn, name, share_fn in cases:
+        assert loss_fn.term_name == name
+        loss_fn.train()
+        loss_fn.record_terms = True
+        out = loss_fn(logits, labels, weight=w, reduction_override=reduction)
+        [(loss, term, coef, lw)] = loss_fn.pop_recorded()
+        assert not term.requires_grad and loss_fn.pop_recorded() == []
+        share = lw * coef * term
+        torch.testing.assert_close(share, 2.0 * reduce(share_fn(logits)))
+        torch.testing.assert_close(lw * loss - share, 2.0 * reduce(
+            F.cross_entropy(logits, labels, reduction='none')))
+        torch.testing.assert_close(lw * loss, out)
+        loss_fn.eval()  # nothing is recorded outside training
+        loss_fn(logits, labels)
+        assert loss_fn.pop_recorded() == []
+
+
+def test_loss_terms_in_the_training_log(imagenet_root, tmp_path,
+                                        monkeypatch):
+    """A tiny training run (Mixup/CutMix, MaxSupLoss) with LossTermsHook:
+    every iteration's maxsup_term and ce_term reach the log and sum to the
+    loss; the hook reads the device once per logging interval (2 iters)."""
+    import inspect
+    import json
+    from tiny_classifier import tiny_runner
+    reads = []
+    real = torch.Tensor.tolist
+
+    def spy(t):
+        if 'loss_terms_hook' in inspect.stack()[1].filename:
+            reads.append(t.numel())
+        return real(t)
+
+    runner = tiny_runner(imagenet_root, str(tmp_path), iters=6,
+                         experiment_name='loss_terms_log',
+                         custom_hooks=[dict(type='LossTermsHook')])
+    monkeypatch.setattr(torch.Tensor, 'tolist', spy)
+    runner.train()
+    hub = runner.message_hub
+    loss, term, ce = (torch.tensor(hub.get_scalar(f'train/{k}').data[0])
+                      for k in ('loss', 'maxsup_term', 'ce_term'))
+    assert len(loss) == len(term) == len(ce) == 6
+    torch.testing.assert_close(term + ce, loss, rtol=1e-5, atol=1e-6)
+    assert (term > 0).all() and (ce > 0).all()
+    assert reads == [4, 4, 4], reads  # (loss, term) x 2 iterations, 3 times
+    logged = [json.loads(line) for line in open(next(
+        tmp_path.glob('*/vis_data/scalars.json')))]
+    assert all('maxsup_term' in r and 'ce_term' in r for r in logged)
+
+
+def test_avg_factor_without_weight_and_through_the_head():
+    """mmpretrain's heads pass avg_factor=batch size: the op then reduces
+    in place; any other avg_factor divides the sum, as mmpretrain does."""
+    from mmpretrain.models.heads import LinearClsHead
+    from mmpretrain.structures import DataSample
+    logits, labels = _data()
+    per = F.cross_entropy(logits, labels, reduction='none') + 0.1 * (
+        logits.max(1).values - logits.mean(1))
+    loss = MaxSupLoss(alpha=0.1, loss_weight=2.0)
+    torch.testing.assert_close(loss(logits, labels, avg_factor=16),
+                               2 * per.mean())
+    torch.testing.assert_close(loss(logits, labels, avg_factor=5.0),
+                               2 * per.sum() / 5)
+    torch.testing.assert_close(
+        loss(logits, labels, avg_factor=torch.tensor(4.0, dtype=DT)),
+        2 * per.sum() / 4)
+    head = LinearClsHead(num_classes=7, in_channels=3,
+                         loss=dict(type='MaxSupLoss', alpha=0.1))
+    feats = torch.randn(16, 3, generator=torch.Generator().manual_seed(0))
+    samples = [DataSample().set_gt_label(int(y)) for y in labels]
+    out = head.loss((feats, ), samples)['loss']
+    z = head.fc(feats)
+    expected = (F.cross_entropy(z, labels, reduction='none') + 0.1 * (
+        z.max(1).values - z.mean(1))).mean()
+    torch.testing.assert_close(out, expected)

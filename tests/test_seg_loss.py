@@ -15,8 +15,10 @@ def oracle(logits, label, alpha, ignore_index, avg_non_ignore,
     """Mean of the per-pixel MaxSup loss written out with Python scalars.
 
     Per pixel (paper eq. (8)): -log softmax(z)_y + alpha*(max z - mean z),
-    times the class weight; ignored pixels add 0 to the sum and count 1 in
-    the denominator (mmseg's avg_non_ignore=False) or 0 (True).
+    times the class weight; ignored pixels add 0 to the sum and count 0 in
+    the denominator (avg_non_ignore=True) or, as in mmseg's
+    CrossEntropyLoss, 1 (False) - class_weight[ignore_index] with class
+    weights when the ignored label is a class index.
     """
     n, k, h, w = logits.shape
     total, denom = 0.0, 0.0
@@ -25,7 +27,9 @@ def oracle(logits, label, alpha, ignore_index, avg_non_ignore,
             for j in range(w):
                 y = int(label[b, i, j])
                 if y == ignore_index:
-                    denom += 0.0 if avg_non_ignore else 1.0
+                    if not avg_non_ignore:
+                        denom += class_weight[y] if (
+                            class_weight is not None and 0 <= y < k) else 1.0
                     continue
                 z = [float(logits[b, c, i, j]) for c in range(k)]
                 zmax = max(z)
@@ -190,3 +194,65 @@ def test_bad_inputs(batch):
         loss_fn(logits, label[:, :2], ignore_index=IGNORE)
     with pytest.raises(TypeError, match='integer'):
         loss_fn(logits, label.double(), ignore_index=IGNORE)
+
+
+# --------------------------------------------------------------------------
+# class_weight and ignored pixels average like mmseg (issue 13.12)
+# --------------------------------------------------------------------------
+def test_class_weight_averages_like_mmseg_cross_entropy(batch):
+    """mmseg's CrossEntropyLoss is the oracle (alpha = 0): with class
+    weights the mean divides by the pixels' summed class weights.  mmseg
+    1.2.2 can only be run with an ignore_index that is a class index (255
+    fails inside it with an IndexError), so class 2 is ignored here."""
+    from mmseg.models.losses import CrossEntropyLoss
+    logits, label = batch
+    label = label.masked_fill(label == IGNORE, 2)
+    cw = [0.5, 1.0, 4.0, 0.25, 3.0]
+    for avg_non_ignore in (False, True):
+        ce = CrossEntropyLoss(class_weight=cw, avg_non_ignore=avg_non_ignore)(
+            logits, label, ignore_index=2)
+        ms = PixelMaxSupLoss(alpha=0.0, class_weight=cw,
+                             avg_non_ignore=avg_non_ignore)(
+                                 logits, label, ignore_index=2)
+        assert ms.item() == pytest.approx(ce.item(), rel=1e-12)
+        # and with MaxSup on, the hand-written per-pixel oracle
+        ms = PixelMaxSupLoss(alpha=0.3, class_weight=cw,
+                             avg_non_ignore=avg_non_ignore)(
+                                 logits, label, ignore_index=2)
+        want = oracle(logits, label, 0.3, 2, avg_non_ignore, cw)
+        assert ms.item() == pytest.approx(want, rel=1e-7)
+
+
+def test_short_class_weight_and_bad_weight_shape_are_clear_errors(batch):
+    logits, label = batch
+    with pytest.raises(ValueError, match='class_weight has 3 entries but '
+                       'the logits have 5 classes'):
+        PixelMaxSupLoss(class_weight=[1., 2., 3.])(logits, label,
+                                                    ignore_index=IGNORE)
+    loss_fn = PixelMaxSupLoss()
+    for shape in [(2, 3), (2, 3, 5), (3, 3, 4), (2, 1, 3, 4)]:
+        with pytest.raises(ValueError, match='weight of shape'):
+            loss_fn(logits, label, weight=torch.ones(shape),
+                    ignore_index=IGNORE)
+    # a weight that broadcasts (as mmseg allows) equals the expanded one
+    w = torch.rand(2, 1, 4, dtype=torch.float64)
+    torch.testing.assert_close(
+        loss_fn(logits, label, weight=w, ignore_index=IGNORE),
+        loss_fn(logits, label, weight=w.expand(2, 3, 4), ignore_index=IGNORE))
+    with pytest.raises(ValueError, match='finite'):
+        PixelMaxSupLoss(class_weight=[1.0, float('nan')])
+    with pytest.raises(ValueError, match='finite'):
+        PixelMaxSupLoss(alpha=float('inf'))
+    with pytest.raises(ValueError, match='finite'):
+        PixelMaxSupLoss(loss_weight=float('nan'))
+
+
+@pytest.mark.parametrize('dtype', [torch.int32, torch.uint8], ids=str)
+def test_integer_label_dtypes(batch, dtype):
+    logits, label = batch
+    for cw in (None, [0.5, 1.0, 2.0, 0.25, 3.0]):
+        loss_fn = PixelMaxSupLoss(alpha=0.2, class_weight=cw,
+                                  avg_non_ignore=True)
+        torch.testing.assert_close(
+            loss_fn(logits, label.to(dtype), ignore_index=IGNORE),
+            loss_fn(logits, label, ignore_index=IGNORE))

@@ -4,7 +4,9 @@
 Every method runs in the same process on the same logits, interleaved (the
 order rotates every repeat) so that drift on a shared machine hits all of
 them alike; the table gives the median time of ``loss = f(z, y);
-loss.backward()`` and its ratio to ``F.cross_entropy`` (hard targets) or to
+loss.backward()`` (ours: the op with ``reduction='mean'``, reduced in
+place as ``MaxSupLoss`` does; the naive loss: ``.mean()`` of the unreduced
+one) and its ratio to ``F.cross_entropy`` (hard targets) or to
 timm's ``SoftTargetCrossEntropy`` (soft targets), and the peak memory the
 call allocates beyond the inputs (the gradient included), in MiB and in
 units of the logits' size.
@@ -47,29 +49,26 @@ BASE_HARD = 'F.cross_entropy'
 BASE_SOFT = 'timm SoftTargetCrossEntropy'
 
 
-def import_maxsup():
-    """``(functional, fused_maxsup)`` modules of maxsup_mm.
+def import_ops():
+    """``maxsup_mm.ops`` (the fused op and the naive oracle).
 
-    Where the full package cannot be imported (a machine without
-    mmpretrain, e.g. a bare GPU box) the two torch-only modules are loaded
-    under stub parent packages, skipping the package ``__init__``.
+    It imports only torch (and triton); where the full package cannot be
+    imported (a machine without mmpretrain, e.g. a bare GPU box) it is
+    loaded under a stub parent package, skipping ``maxsup_mm/__init__``.
     """
     if ROOT not in sys.path:
         sys.path.insert(0, ROOT)
     try:
-        from maxsup_mm.models.losses import functional
-        from maxsup_mm.ops import fused_maxsup
-        return functional, fused_maxsup
+        from maxsup_mm import ops
+        return ops
     except ImportError:
         for name in [m for m in sys.modules if m.startswith('maxsup_mm')]:
             del sys.modules[name]
-        for pkg in ('maxsup_mm', 'maxsup_mm.models', 'maxsup_mm.models.losses'):
-            stub = types.ModuleType(pkg)
-            stub.__path__ = [osp.join(ROOT, *pkg.split('.'))]
-            sys.modules[pkg] = stub
-        from maxsup_mm.models.losses import functional
-        from maxsup_mm.ops import fused_maxsup
-        return functional, fused_maxsup
+        stub = types.ModuleType('maxsup_mm')
+        stub.__path__ = [osp.join(ROOT, 'maxsup_mm')]
+        sys.modules['maxsup_mm'] = stub
+        from maxsup_mm import ops
+        return ops
 
 
 class Method:
@@ -80,13 +79,18 @@ class Method:
 
 
 def build_methods(fused_backend: Optional[str]) -> (List[Method], List[str]):
-    functional, fused = import_maxsup()
+    ops = import_ops()
     notes = []
-    ref = functional.maxsup_cross_entropy_reference
-    ours = functional.maxsup_cross_entropy
+    ref = ops.maxsup_cross_entropy_reference
 
     def ign(z):
         return SEG_IGNORE if z.dim() > 2 else -100
+
+    def ours(backend):
+        # the op reduces in place (what MaxSupLoss does): no .mean() node
+        return lambda z, t: ops.maxsup_cross_entropy(
+            z, t, ALPHA, ign(z) if not t.is_floating_point() else -100,
+            reduction='mean', backend=backend)
 
     hard = [
         Method(BASE_HARD, lambda z, t: F.cross_entropy(z, t,
@@ -121,13 +125,8 @@ def build_methods(fused_backend: Optional[str]) -> (List[Method], List[str]):
     hard += [
         Method('MaxSup naive (separate ops + autograd)',
                lambda z, t: ref(z, t, ALPHA, ign(z)).mean(), False),
-        Method('**MaxSup fused (ours)**', lambda z, t: ours(
-            z, t, ALPHA, ign(z)).mean() if fused_backend is None else
-               fused.fused_maxsup_cross_entropy(z, t, ALPHA, ign(z),
-                                                fused_backend).mean(), False),
-        Method('MaxSup fused, pure-PyTorch fallback',
-               lambda z, t: fused.fused_maxsup_cross_entropy(
-                   z, t, ALPHA, ign(z), backend='torch').mean(), False),
+        Method('**MaxSup fused (ours)**', ours(fused_backend), False),
+        Method('MaxSup fused, pure-PyTorch fallback', ours('torch'), False),
     ]
 
     def soft_base(z, y):
@@ -142,12 +141,8 @@ def build_methods(fused_backend: Optional[str]) -> (List[Method], List[str]):
                lambda z, y: F.cross_entropy(z, y), True),
         Method('MaxSup naive (separate ops + autograd)',
                lambda z, y: ref(z, y, ALPHA).mean(), True),
-        Method('**MaxSup fused (ours)**', lambda z, y: ours(z, y, ALPHA).mean()
-               if fused_backend is None else fused.fused_maxsup_cross_entropy(
-                   z, y, ALPHA, backend=fused_backend).mean(), True),
-        Method('MaxSup fused, pure-PyTorch fallback',
-               lambda z, y: fused.fused_maxsup_cross_entropy(
-                   z, y, ALPHA, backend='torch').mean(), True),
+        Method('**MaxSup fused (ours)**', ours(fused_backend), True),
+        Method('MaxSup fused, pure-PyTorch fallback', ours('torch'), True),
     ]
     return hard + soft, notes
 
@@ -315,8 +310,8 @@ def main(argv=None):
     parser.add_argument('--targets', nargs='+', default=['hard', 'soft'],
                         choices=['hard', 'soft'])
     parser.add_argument('--backend', default=None,
-                        help='force the fused back-end (cpp, cpp-generic, '
-                        'triton, torch); default: auto')
+                        help='force the fused back-end (cpp, cpp-avx2, '
+                        'cpp-generic, triton, torch); default: auto')
     parser.add_argument('--cuda-graph', action='store_true',
                         help='CUDA: time replays of a CUDA graph of each '
                         'fwd+bwd (GPU time, no launch overhead)')
@@ -331,8 +326,7 @@ def main(argv=None):
     dtype = getattr(torch, args.dtype)
     inner = args.inner or (10 if args.device == 'cuda' else 1)
     methods, notes = build_methods(args.backend)
-    _, fused = import_maxsup()
-    backends = fused.available_backends(args.device)
+    backends = import_ops().available_backends(args.device)
     print(f'# loss_bench: {machine_info(args.device, args.threads)}')
     mode = 'CUDA-graph replay (GPU time)' if args.cuda_graph else 'eager'
     print(f'# fused back-ends here: {", ".join(backends)}; dtype {args.dtype};'

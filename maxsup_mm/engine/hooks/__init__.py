@@ -2,6 +2,7 @@
 from .alpha_schedule_hook import AlphaScheduleHook, scheduled_alpha
 from .checkpoint_safety_hook import (WeightsOnlyCheckpointHook, decode_safe,
                                      encode_safe)
+from .loss_terms_hook import LossTermsHook
 from .non_finite_loss_hook import NonFiniteLossError, NonFiniteLossHook
 from .online_label_smooth_hook import OnlineLabelSmoothHook
 from .reseed_hook import ReseedHook
@@ -9,5 +10,5 @@ from .reseed_hook import ReseedHook
 __all__ = [
     'AlphaScheduleHook', 'scheduled_alpha', 'WeightsOnlyCheckpointHook',
     'encode_safe', 'decode_safe', 'NonFiniteLossHook', 'NonFiniteLossError',
-    'OnlineLabelSmoothHook', 'ReseedHook'
+    'OnlineLabelSmoothHook', 'ReseedHook', 'LossTermsHook'
 ]

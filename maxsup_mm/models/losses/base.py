@@ -1,10 +1,17 @@
-"""Shared plumbing of the classification losses: input checks and reduction.
+"""Shared plumbing of the classification losses: input checks, reduction and
+the record of the loss's parts for the training log.
 
 The formulas live in :mod:`.functional`; this module only validates what the
 mmpretrain heads pass in and reduces the per-sample loss the way mmpretrain's
 own losses do (:func:`mmpretrain.models.losses.utils.weight_reduce_loss`).
+
+No check here reads a tensor's values into Python unless the tensor is on
+the CPU (where that costs no device synchronisation) and no graph is being
+compiled: on other devices, label ranges are checked by an asynchronous
+device-side assert (or by the fused op's kernel itself).
 """
-from typing import Optional
+import math
+from typing import List, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -13,13 +20,26 @@ from mmpretrain.models.losses.utils import weight_reduce_loss
 _REDUCTIONS = ('none', 'mean', 'sum')
 
 
-def check_nonnegative(name: str, value: float) -> float:
-    """Return ``float(value)`` or raise if it is negative or not a number."""
+def _number(name: str, value) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f'{name} must be a number, got {type(value).__name__}')
-    if not value >= 0:  # also rejects NaN
-        raise ValueError(f'{name} must be >= 0, got {value}')
     return float(value)
+
+
+def check_nonnegative(name: str, value: float) -> float:
+    """Return ``float(value)``; raise unless it is a finite number >= 0."""
+    value = _number(name, value)
+    if not (value >= 0 and math.isfinite(value)):  # also rejects NaN, inf
+        raise ValueError(f'{name} must be >= 0 and finite, got {value}')
+    return value
+
+
+def check_finite(name: str, value: float) -> float:
+    """Return ``float(value)``; raise unless it is a finite number."""
+    value = _number(name, value)
+    if not math.isfinite(value):
+        raise ValueError(f'{name} must be a finite number, got {value}')
+    return value
 
 
 def check_reduction(reduction: str) -> str:
@@ -29,20 +49,55 @@ def check_reduction(reduction: str) -> str:
     return reduction
 
 
+def values_readable(tensor: torch.Tensor) -> bool:
+    """Whether reading ``tensor``'s values into Python is free: a CPU tensor
+    outside a graph being compiled (no device sync, no graph break)."""
+    return tensor.device.type == 'cpu' and not torch.compiler.is_compiling()
+
+
+def check_label_range(label: torch.Tensor, num_classes: int, loss_name: str,
+                      ignore_index: Optional[int] = None) -> None:
+    """Labels must lie in ``[0, num_classes)`` (or equal ``ignore_index``).
+
+    CPU tensors (eager): a ValueError naming the offending values.  Other
+    devices, or a graph being compiled: :func:`torch._assert_async`, an
+    asynchronous device-side assert that costs no host synchronisation.
+    """
+    if label.numel() == 0:
+        return
+    bad = (label < 0) | (label >= num_classes)
+    if ignore_index is not None:
+        bad &= label != ignore_index
+    allowed = f'[0, {num_classes})' + (
+        '' if ignore_index is None else f' or equal ignore_index={ignore_index}')
+    if values_readable(label):
+        if bool(bad.any()):
+            values = torch.unique(label[bad])[:8].tolist()
+            raise ValueError(f'{loss_name}: labels must lie in {allowed} for '
+                             f'{num_classes} classes, got {values}')
+    else:
+        torch._assert_async(~bad.any(),
+                            f'{loss_name}: labels must lie in {allowed}')
+
+
 def check_cls_inputs(cls_score: torch.Tensor,
                      label: torch.Tensor,
                      loss_name: str,
                      soft_ok: bool = True,
-                     soft_reason: str = '') -> bool:
+                     soft_reason: str = '',
+                     check_values: bool = True) -> bool:
     """Validate classification logits and labels; return whether soft.
 
     Args:
         cls_score (Tensor): must be floating point and 2-D ``(N, K)``.
-        label (Tensor): ``(N,)`` integer class indices in ``[0, K)`` or an
-            ``(N, K)`` floating-point soft target.
+        label (Tensor): ``(N,)`` integer class indices in ``[0, K)`` (any
+            integer dtype) or an ``(N, K)`` floating-point soft target.
         loss_name (str): used in error messages.
         soft_ok (bool): whether soft targets are accepted.
         soft_reason (str): why not, appended to the error message.
+        check_values (bool): check the label range here (see
+            :func:`check_label_range`); a loss whose kernel checks it on
+            the device passes False for non-CPU tensors.
 
     Raises:
         TypeError: non-tensor input, non-float logits, float hard labels.
@@ -80,41 +135,84 @@ def check_cls_inputs(cls_score: torch.Tensor,
             f'{loss_name}: label shape {tuple(label.shape)} does not match '
             f'cls_score shape {tuple(cls_score.shape)}; expected ({num},) '
             f'class indices or a ({num}, {num_classes}) soft target')
-    if label.is_floating_point() or label.dtype == torch.bool:
+    if label.is_floating_point() or label.is_complex() or \
+            label.dtype == torch.bool:
         raise TypeError(f'{loss_name}: hard labels must be an integer tensor, '
                         f'got {label.dtype}')
-    if num > 0:
-        low, high = torch.aminmax(label)
-        low, high = int(low), int(high)
-        if low < 0 or high >= num_classes:
-            raise ValueError(
-                f'{loss_name}: labels must lie in [0, {num_classes}) for '
-                f'{num_classes} classes, got values in [{low}, {high}]')
+    if check_values:
+        check_label_range(label, num_classes, loss_name)
     return False
 
 
-class BaseClsLoss(nn.Module):
+class LossTermsMixin:
+    """A loss whose training log shows its parts (CE and the regularizer).
+
+    :class:`~maxsup_mm.engine.hooks.LossTermsHook` sets ``record_terms``;
+    then every training call keeps its reduced loss and the (unweighted)
+    regularizer term, detached, with their Python-float weights.  Nothing is
+    read from the device here: the hook reads all recorded values of a
+    logging interval at once.  ``term_name`` names the regularizer in the
+    log (its share of the loss, ``coefficient * term * loss_weight``); the
+    rest of the loss is logged as ``ce_term``.
+    """
+    #: log key of the regularizer's share of the loss (None: not split)
+    term_name: Optional[str] = None
+    record_terms = False
+
+    def _record(self, loss: torch.Tensor, term: Optional[torch.Tensor],
+                coefficient: float, loss_weight: float) -> None:
+        if not (self.record_terms and self.training and term is not None):
+            return
+        if loss.dim() != 0:  # reduction='none': log the mean
+            loss, term = loss.mean(), term.mean()
+        self.__dict__.setdefault('_recorded', []).append(
+            (loss.detach(), term.detach(), float(coefficient),
+             float(loss_weight)))
+
+    def pop_recorded(self) -> List[Tuple[torch.Tensor, torch.Tensor, float,
+                                         float]]:
+        """The records since the last call: ``(loss, term, coefficient,
+        loss_weight)``; ``ce_term = loss_weight * (loss - coefficient *
+        term)``, ``term_name = loss_weight * coefficient * term``."""
+        return self.__dict__.pop('_recorded', [])
+
+
+class BaseClsLoss(LossTermsMixin, nn.Module):
     """Base of the classification losses: mmpretrain's loss call signature.
 
-    Subclasses implement :meth:`loss_per_sample`; this class checks inputs,
-    applies ``weight``/``avg_factor``/``reduction`` and ``loss_weight``.
+    Subclasses implement :meth:`loss_per_sample` (and, to log the
+    regularizer, :meth:`loss_and_term`); this class checks inputs, applies
+    ``weight``/``avg_factor``/``reduction`` and ``loss_weight``.  Hard
+    labels of any integer dtype are used as int64 class indices.
 
     Args:
         reduction (str): ``'none'``, ``'mean'`` or ``'sum'``.
-        loss_weight (float): multiplier of the reduced loss.
+        loss_weight (float): multiplier of the reduced loss; finite.
     """
     #: whether soft (Mixup/CutMix) targets are accepted, and why not
     accepts_soft_target = True
     soft_target_reason = ''
+    #: the loss's kernel checks the label range on the device itself (the
+    #: Python-side check then runs only for CPU tensors)
+    kernel_checks_labels = False
+    #: :meth:`loss_and_term` reduces by itself ('mean' / 'sum' in-kernel)
+    reduces_itself = False
 
     def __init__(self, reduction: str = 'mean', loss_weight: float = 1.0):
         super().__init__()
         self.reduction = check_reduction(reduction)
-        self.loss_weight = float(loss_weight)
+        self.loss_weight = check_finite('loss_weight', loss_weight)
 
     def loss_per_sample(self, cls_score: torch.Tensor,
                         label: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
+
+    def loss_and_term(self, cls_score: torch.Tensor, label: torch.Tensor,
+                      reduction: str = 'none'):
+        """``(loss, term, coefficient)``: the loss, the regularizer term
+        (detached, or None) and its weight in the loss; per sample, or
+        reduced by ``reduction`` where :attr:`reduces_itself`."""
+        return self.loss_per_sample(cls_score, label), None, 0.0
 
     def forward(self,
                 cls_score: torch.Tensor,
@@ -137,17 +235,42 @@ class BaseClsLoss(nn.Module):
             Tensor: the reduced loss times ``loss_weight``.
         """
         reduction = check_reduction(reduction_override or self.reduction)
-        check_cls_inputs(cls_score, label, type(self).__name__,
-                         self.accepts_soft_target, self.soft_target_reason)
-        loss = self.loss_per_sample(cls_score, label)
+        soft = check_cls_inputs(
+            cls_score, label, type(self).__name__, self.accepts_soft_target,
+            self.soft_target_reason,
+            check_values=not self.kernel_checks_labels
+            or values_readable(label))
+        if not soft and label.dtype != torch.long:
+            label = label.long()  # int32 / uint8 / ... class indices
         if weight is not None:
-            weight = weight.float()
             if weight.dim() != 1 or weight.shape[0] != cls_score.shape[0]:
                 raise ValueError(f'{type(self).__name__}: weight must have '
                                  f'shape ({cls_score.shape[0]},), got '
                                  f'{tuple(weight.shape)}')
-        loss = weight_reduce_loss(
-            loss, weight=weight, reduction=reduction, avg_factor=avg_factor)
+            weight = weight.float()
+        if self.reduces_itself and weight is None and (
+                avg_factor is None or reduction == 'mean'):
+            # reduced inside the kernel: mmpretrain's heads pass
+            # avg_factor = batch size, which is the mean
+            if avg_factor is None or (not isinstance(avg_factor, torch.Tensor)
+                                      and avg_factor == cls_score.shape[0]):
+                loss, term, coef = self.loss_and_term(cls_score, label,
+                                                      reduction)
+            else:  # mmpretrain: the sum divided by avg_factor
+                loss, term, coef = self.loss_and_term(cls_score, label, 'sum')
+                loss = loss / avg_factor
+                if term is not None and self.record_terms and self.training:
+                    term = term / avg_factor
+        else:
+            loss, term, coef = self.loss_and_term(cls_score, label)
+            loss = weight_reduce_loss(
+                loss, weight=weight, reduction=reduction,
+                avg_factor=avg_factor)
+            if term is not None and self.record_terms and self.training:
+                term = weight_reduce_loss(
+                    term.to(loss.dtype), weight=weight, reduction=reduction,
+                    avg_factor=avg_factor)
+        self._record(loss, term, coef, self.loss_weight)
         return self.loss_weight * loss
 
 

@@ -17,6 +17,14 @@ Mixup / CutMix produce).
 import torch
 import torch.nn.functional as F
 
+from maxsup_mm import ops
+# the naive oracle and the CE / MaxSup terms it is made of live beside the
+# fused op (maxsup_mm.ops.reference): ops never imports this package
+from maxsup_mm.ops.reference import (cross_entropy, is_soft_target,
+                                     max_suppression,
+                                     maxsup_cross_entropy_reference,
+                                     soft_cross_entropy)
+
 __all__ = [
     'is_soft_target', 'soft_cross_entropy', 'cross_entropy',
     'max_suppression', 'maxsup_cross_entropy',
@@ -28,91 +36,26 @@ __all__ = [
 ]
 
 
-def is_soft_target(logits: torch.Tensor, target: torch.Tensor) -> bool:
-    """Whether ``target`` is a soft (probability) target for ``logits``."""
-    return target.dim() == logits.dim() and target.is_floating_point()
-
-
-def soft_cross_entropy(logits: torch.Tensor,
-                       target: torch.Tensor) -> torch.Tensor:
-    r"""Cross-entropy with a soft target, :math:`-\sum_k y_k \log q_k`.
-
-    Args:
-        logits (Tensor): ``(N, K)`` or ``(N, K, *spatial)`` logits.
-        target (Tensor): soft target of the same shape.
-
-    Returns:
-        Tensor: the loss per sample, shape ``(N, *spatial)``.
-    """
-    return -(target * F.log_softmax(logits, dim=1)).sum(dim=1)
-
-
-def cross_entropy(logits: torch.Tensor,
-                  target: torch.Tensor,
-                  ignore_index: int = -100) -> torch.Tensor:
-    """:math:`H(y, q)` for hard (class index) or soft targets, unreduced.
-
-    Ignored positions (hard targets equal to ``ignore_index``) get loss 0.
-    """
-    if is_soft_target(logits, target):
-        return soft_cross_entropy(logits, target)
-    return F.cross_entropy(
-        logits, target, ignore_index=ignore_index, reduction='none')
-
-
 def _gt_logit(logits: torch.Tensor, target: torch.Tensor,
               ignore_index: int) -> torch.Tensor:
     """``z_gt``; for soft targets the target-weighted logit sum_k y_k z_k."""
     if is_soft_target(logits, target):
         return (target * logits).sum(dim=1)
-    index = target.masked_fill(target == ignore_index, 0).unsqueeze(1)
+    index = target.long().masked_fill(target == ignore_index, 0).unsqueeze(1)
     return logits.gather(1, index).squeeze(1)
 
 
-def _zero_ignored(loss: torch.Tensor, target: torch.Tensor,
-                  logits: torch.Tensor, ignore_index: int) -> torch.Tensor:
-    if is_soft_target(logits, target):
-        return loss
-    return loss.masked_fill(target == ignore_index, 0.)
-
-
 # ---------------------------------------------------------------------------
-# MaxSup, eq. (8)-(9)
+# MaxSup, eq. (8)-(9): max_suppression (eq. 8) and the naive
+# maxsup_cross_entropy_reference are in maxsup_mm.ops.reference
 # ---------------------------------------------------------------------------
-def max_suppression(logits: torch.Tensor) -> torch.Tensor:
-    r"""The Max Suppression term, eq. (8): :math:`z_{max} - \bar z`.
-
-    Its gradient is eq. (9): :math:`1 - 1/K` on the arg-max logit (the first
-    one, as :func:`torch.max` picks, when several tie) and :math:`-1/K` on
-    every other logit.
-
-    Args:
-        logits (Tensor): ``(N, K)`` or ``(N, K, *spatial)`` logits.
-
-    Returns:
-        Tensor: ``(N, *spatial)``, always :math:`\ge 0`.
-    """
-    return logits.max(dim=1).values - logits.mean(dim=1)
-
-
-def maxsup_cross_entropy_reference(logits: torch.Tensor,
-                                   target: torch.Tensor,
-                                   alpha: float = 0.1,
-                                   ignore_index: int = -100) -> torch.Tensor:
-    r"""Naive MaxSup loss, eq. (6)+(8), kept as the oracle of the fused one.
-
-    :math:`L = H(y, q) + \alpha (z_{max} - \bar z)`, computed with separate
-    ops and differentiated by autograd.  See :func:`maxsup_cross_entropy`.
-    """
-    loss = cross_entropy(logits, target, ignore_index) \
-        + alpha * max_suppression(logits)
-    return _zero_ignored(loss, target, logits, ignore_index)
-
-
 def maxsup_cross_entropy(logits: torch.Tensor,
                          target: torch.Tensor,
                          alpha: float = 0.1,
-                         ignore_index: int = -100) -> torch.Tensor:
+                         ignore_index: int = -100,
+                         reduction: str = 'none',
+                         return_gap: bool = False,
+                         backend=None):
     r"""Cross-entropy with Max Suppression, eq. (6) with eq. (8).
 
     .. math::
@@ -120,7 +63,11 @@ def maxsup_cross_entropy(logits: torch.Tensor,
 
     With a soft target (Mixup / CutMix) the CE part is
     :math:`-\sum_k y_k \log q_k` and the MaxSup term is unchanged.  Ignored
-    positions of a hard target (``ignore_index``) contribute 0.
+    positions of a hard target (``ignore_index``) contribute 0.  Computed by
+    the fused op :func:`maxsup_mm.ops.maxsup_cross_entropy` (one read of the
+    logits forward, one backward, gradient eq. (9) in closed form); same
+    values and gradients as
+    :func:`~maxsup_mm.ops.reference.maxsup_cross_entropy_reference`.
 
     Args:
         logits (Tensor): ``(N, K)`` or ``(N, K, *spatial)`` logits.
@@ -128,18 +75,18 @@ def maxsup_cross_entropy(logits: torch.Tensor,
             with the logits' shape.
         alpha (float): weight of the MaxSup term. Defaults to 0.1.
         ignore_index (int): hard-target value to ignore. Defaults to -100.
+        reduction (str): ``'none'``, ``'mean'`` (over all positions) or
+            ``'sum'``, done inside the op. Defaults to ``'none'``.
+        return_gap (bool): also return the detached MaxSup term
+            :math:`z_{max} - \bar z`, reduced the same way.
+        backend (str, optional): see :data:`maxsup_mm.ops.BACKENDS`.
 
     Returns:
-        Tensor: the loss per sample (per pixel), shape ``(N, *spatial)``.
+        Tensor: the loss per sample (per pixel), shape ``(N, *spatial)``
+        (or reduced); ``(loss, gap)`` with ``return_gap``.
     """
-    # fused forward/backward (compiled CPU / Triton kernel, PyTorch fallback):
-    # same values and gradients as maxsup_cross_entropy_reference.  Imported
-    # lazily (maxsup_mm.ops imports this module) and cached on the function.
-    fused = getattr(maxsup_cross_entropy, '_fused', None)
-    if fused is None:
-        from maxsup_mm.ops.fused_maxsup import fused_maxsup_cross_entropy
-        fused = maxsup_cross_entropy._fused = fused_maxsup_cross_entropy
-    return fused(logits, target, alpha, ignore_index)
+    return ops.maxsup_cross_entropy(logits, target, alpha, ignore_index,
+                                    reduction, backend, return_gap)
 
 
 # ---------------------------------------------------------------------------
@@ -226,7 +173,8 @@ LS_COMPONENTS = {
 def label_smooth_decomp_cross_entropy(logits: torch.Tensor,
                                       target: torch.Tensor,
                                       alpha: float = 0.1,
-                                      component: str = 'full') -> torch.Tensor:
+                                      component: str = 'full',
+                                      return_term: bool = False):
     """``H(y, q) + alpha * term``, one of the LS components of Table 1.
 
     Args:
@@ -235,9 +183,11 @@ def label_smooth_decomp_cross_entropy(logits: torch.Tensor,
             (only for ``component='full'``).
         alpha (float): weight of the term.
         component (str): a key of :data:`LS_COMPONENTS`.
+        return_term (bool): also return ``term`` (detached).
     """
-    term, _ = LS_COMPONENTS[component]
-    return cross_entropy(logits, target) + alpha * term(logits, target)
+    term = LS_COMPONENTS[component][0](logits, target)
+    loss = cross_entropy(logits, target) + alpha * term
+    return (loss, term.detach()) if return_term else loss
 
 
 # ---------------------------------------------------------------------------
@@ -245,21 +195,31 @@ def label_smooth_decomp_cross_entropy(logits: torch.Tensor,
 # ---------------------------------------------------------------------------
 def logit_penalty_cross_entropy(logits: torch.Tensor,
                                 target: torch.Tensor,
-                                beta: float = 2e-3) -> torch.Tensor:
-    r"""Logit Penalty (Dauphin & Cubuk, 2021): :math:`H(y,q) + \beta\|z\|^2/2`."""
-    return cross_entropy(logits, target) + 0.5 * beta * logits.pow(2).sum(1)
+                                beta: float = 2e-3,
+                                return_term: bool = False):
+    r"""Logit Penalty (Dauphin & Cubuk, 2021): :math:`H(y,q) + \beta\|z\|^2/2`.
+
+    ``return_term``: also return :math:`\|z\|^2/2` (detached).
+    """
+    term = logits.pow(2).sum(1) / 2
+    loss = cross_entropy(logits, target) + beta * term
+    return (loss, term.detach()) if return_term else loss
 
 
 def confidence_penalty_cross_entropy(logits: torch.Tensor,
                                      target: torch.Tensor,
-                                     beta: float = 0.1) -> torch.Tensor:
+                                     beta: float = 0.1,
+                                     return_term: bool = False):
     r"""Confidence Penalty (Pereyra et al., 2017): :math:`H(y,q) - \beta H(q)`.
 
     :math:`H(q) = -\sum_k q_k \log q_k` is the entropy of the prediction.
+    ``return_term``: also return :math:`-H(q)` (detached; the loss is
+    :math:`H(y, q) + \beta \cdot (-H(q))`).
     """
     log_q = F.log_softmax(logits, dim=1)
-    entropy = -(log_q.exp() * log_q).sum(dim=1)
-    return cross_entropy(logits, target) - beta * entropy
+    neg_entropy = (log_q.exp() * log_q).sum(dim=1)
+    loss = cross_entropy(logits, target) + beta * neg_entropy
+    return (loss, neg_entropy.detach()) if return_term else loss
 
 
 # ---------------------------------------------------------------------------

@@ -56,10 +56,18 @@ class LabelSmoothDecompLoss(AlphaMixin, BaseClsLoss):
             'single ground-truth logit, which a soft (Mixup/CutMix) target '
             "does not define; use component='full' or disable batch mixing")
 
+    term_name = 'ls_term'
+
     def loss_per_sample(self, cls_score: torch.Tensor,
                         label: torch.Tensor) -> torch.Tensor:
         return label_smooth_decomp_cross_entropy(cls_score, label, self.alpha,
                                                  self.component)
+
+    def loss_and_term(self, cls_score: torch.Tensor, label: torch.Tensor,
+                      reduction: str = 'none'):
+        loss, term = label_smooth_decomp_cross_entropy(
+            cls_score, label, self.alpha, self.component, return_term=True)
+        return loss, term, self.alpha
 
     def extra_repr(self) -> str:
         return f'alpha={self.alpha}, component={self.component!r}'

@@ -25,6 +25,13 @@ class MaxSupLoss(AlphaMixin, BaseClsLoss):
     With soft targets (Mixup / CutMix), the CE part is
     :math:`-\sum_k y_k \log q_k` and the MaxSup term is unchanged.
 
+    Computed by the fused op (:func:`maxsup_mm.ops.maxsup_cross_entropy`):
+    ``reduction='mean'`` / ``'sum'`` (without ``weight`` / ``avg_factor``)
+    reduces inside the op.  With
+    :class:`~maxsup_mm.engine.hooks.LossTermsHook` the training log shows
+    ``maxsup_term`` (:math:`\alpha (z_{max} - \bar z)` times
+    ``loss_weight``, reduced like the loss) and ``ce_term`` (the rest).
+
     Example:
         >>> loss = dict(type='MaxSupLoss', alpha=0.1)
 
@@ -37,6 +44,10 @@ class MaxSupLoss(AlphaMixin, BaseClsLoss):
         loss_weight (float): weight of the loss. Defaults to 1.0.
     """
 
+    term_name = 'maxsup_term'
+    kernel_checks_labels = True  # the fused op refuses bad labels on device
+    reduces_itself = True  # 'mean' / 'sum' inside the op: no extra node
+
     def __init__(self,
                  alpha: float = 0.1,
                  reduction: str = 'mean',
@@ -47,6 +58,12 @@ class MaxSupLoss(AlphaMixin, BaseClsLoss):
     def loss_per_sample(self, cls_score: torch.Tensor,
                         label: torch.Tensor) -> torch.Tensor:
         return maxsup_cross_entropy(cls_score, label, self.alpha)
+
+    def loss_and_term(self, cls_score: torch.Tensor, label: torch.Tensor,
+                      reduction: str = 'none'):
+        loss, gap = maxsup_cross_entropy(cls_score, label, self.alpha,
+                                         reduction=reduction, return_gap=True)
+        return loss, gap, self.alpha
 
     def extra_repr(self) -> str:
         return f'alpha={self.alpha}, reduction={self.reduction!r}, ' \

@@ -24,9 +24,17 @@ class LogitPenaltyLoss(BaseClsLoss):
         super().__init__(reduction=reduction, loss_weight=loss_weight)
         self.beta = check_nonnegative('beta', beta)
 
+    term_name = 'logit_penalty_term'
+
     def loss_per_sample(self, cls_score: torch.Tensor,
                         label: torch.Tensor) -> torch.Tensor:
         return logit_penalty_cross_entropy(cls_score, label, self.beta)
+
+    def loss_and_term(self, cls_score: torch.Tensor, label: torch.Tensor,
+                      reduction: str = 'none'):
+        loss, term = logit_penalty_cross_entropy(cls_score, label, self.beta,
+                                                 return_term=True)
+        return loss, term, self.beta
 
 
 @MODELS.register_module()
@@ -46,6 +54,14 @@ class ConfidencePenaltyLoss(BaseClsLoss):
         super().__init__(reduction=reduction, loss_weight=loss_weight)
         self.beta = check_nonnegative('beta', beta)
 
+    term_name = 'confidence_penalty_term'
+
     def loss_per_sample(self, cls_score: torch.Tensor,
                         label: torch.Tensor) -> torch.Tensor:
         return confidence_penalty_cross_entropy(cls_score, label, self.beta)
+
+    def loss_and_term(self, cls_score: torch.Tensor, label: torch.Tensor,
+                      reduction: str = 'none'):
+        loss, term = confidence_penalty_cross_entropy(
+            cls_score, label, self.beta, return_term=True)
+        return loss, term, self.beta

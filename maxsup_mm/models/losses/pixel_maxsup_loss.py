@@ -18,13 +18,22 @@ import torch
 import torch.nn as nn
 from mmseg.registry import MODELS as SEG_MODELS
 
-from .base import AlphaMixin, check_reduction
+from .base import (AlphaMixin, LossTermsMixin, check_finite,
+                   check_label_range, check_reduction, values_readable)
 from .functional import maxsup_cross_entropy
 
 
-def check_seg_inputs(cls_score: torch.Tensor, label: torch.Tensor,
-                     ignore_index: int, loss_name: str) -> None:
+def check_seg_inputs(cls_score: torch.Tensor,
+                     label: torch.Tensor,
+                     ignore_index: int,
+                     loss_name: str,
+                     check_values: bool = True) -> None:
     """Validate ``(N, K, *spatial)`` logits and ``(N, *spatial)`` labels.
+
+    Shapes and dtypes always; the label values (``[0, K)`` or
+    ``ignore_index``) with ``check_values``: a ValueError for CPU tensors,
+    an asynchronous device-side assert elsewhere (no host sync; see
+    :func:`~maxsup_mm.models.losses.base.check_label_range`).
 
     Raises:
         TypeError: non-tensors, non-float logits, non-integer labels.
@@ -39,7 +48,8 @@ def check_seg_inputs(cls_score: torch.Tensor, label: torch.Tensor,
     if not cls_score.is_floating_point():
         raise TypeError(f'{loss_name}: logits must be floating point, got '
                         f'{cls_score.dtype}')
-    if label.is_floating_point() or label.dtype == torch.bool:
+    if label.is_floating_point() or label.is_complex() or \
+            label.dtype == torch.bool:
         raise TypeError(f'{loss_name}: labels must be integer class indices, '
                         f'got {label.dtype}')
     if cls_score.dim() < 2 or \
@@ -48,17 +58,12 @@ def check_seg_inputs(cls_score: torch.Tensor, label: torch.Tensor,
             f'{loss_name}: label shape {tuple(label.shape)} does not match '
             f'logits of shape {tuple(cls_score.shape)}; expected (N, K, H, W) '
             'logits and (N, H, W) labels')
-    num_classes = cls_score.shape[1]
-    bad = (label != ignore_index) & ((label < 0) | (label >= num_classes))
-    if bool(bad.any()):
-        values = torch.unique(label[bad])[:8].tolist()
-        raise ValueError(
-            f'{loss_name}: labels must lie in [0, {num_classes}) or equal '
-            f'ignore_index={ignore_index}; got {values}')
+    if check_values:
+        check_label_range(label, cls_score.shape[1], loss_name, ignore_index)
 
 
 @SEG_MODELS.register_module(name='MaxSupLoss')
-class PixelMaxSupLoss(AlphaMixin, nn.Module):
+class PixelMaxSupLoss(AlphaMixin, LossTermsMixin, nn.Module):
     r"""Cross-entropy with Max Suppression, per pixel, for mmseg heads.
 
     For every pixel with logits :math:`z` and label :math:`y`
@@ -71,23 +76,34 @@ class PixelMaxSupLoss(AlphaMixin, nn.Module):
 
     with :math:`w_y` the class weight (1 without ``class_weight``); pixels
     whose label is ``ignore_index`` contribute 0.  ``reduction='mean'``
-    divides the sum by the summed pixel weights: every pixel counts (weight
-    1 for ignored ones) when ``avg_non_ignore=False``, as mmseg's
-    ``CrossEntropyLoss`` does, and only the non-ignored ones when it is
-    True (PyTorch's convention).
+    averages exactly as mmseg's ``CrossEntropyLoss`` does: without
+    ``class_weight`` it divides the sum by the number of pixels (all of
+    them when ``avg_non_ignore=False``, the non-ignored ones when True);
+    with ``class_weight`` by the summed class weights of the pixels, where
+    an ignored pixel counts 0 (``avg_non_ignore=True``) or
+    ``class_weight[ignore_index]`` (False; 1 when ``ignore_index`` is not a
+    class index, e.g. 255, where mmseg 1.2.2 fails with an IndexError).
+
+    Without ``class_weight`` / ``weight`` / ``avg_factor`` and with
+    ``avg_non_ignore=False``, the pixels are summed inside the fused op.  No label value is read into Python for non-CPU tensors.
+    With :class:`~maxsup_mm.engine.hooks.LossTermsHook` the training log
+    shows ``maxsup_term`` (the MaxSup share of the loss) and ``ce_term``.
 
     Args:
         alpha (float): weight of the MaxSup term; ``>= 0``. Defaults to 0.1.
         reduction (str): ``'none'``, ``'mean'`` or ``'sum'``.
-        class_weight (list[float] | str, optional): per-class weights, or a
-            file mmseg's ``get_class_weight`` reads. Defaults to None.
-        loss_weight (float): multiplier of the loss. Defaults to 1.0.
+        class_weight (list[float] | str, optional): per-class weights (one
+            per class of the logits), or a file mmseg's
+            ``get_class_weight`` reads. Defaults to None.
+        loss_weight (float): multiplier of the loss; finite.
+            Defaults to 1.0.
         avg_non_ignore (bool): average over non-ignored pixels only.
             Defaults to False (mmseg's default for its cross-entropy).
         loss_name (str): key of the loss in the log; must start with
             ``'loss_'`` for mmseg to back-propagate it.
             Defaults to ``'loss_maxsup'``.
     """
+    term_name = 'maxsup_term'
 
     def __init__(self,
                  alpha: float = 0.1,
@@ -101,9 +117,10 @@ class PixelMaxSupLoss(AlphaMixin, nn.Module):
         self.reduction = check_reduction(reduction)
         if class_weight is not None:
             from mmseg.models.losses.utils import get_class_weight
-            class_weight = [float(w) for w in get_class_weight(class_weight)]
+            class_weight = [check_finite('class_weight', w)
+                            for w in get_class_weight(class_weight)]
         self.class_weight = class_weight
-        self.loss_weight = float(loss_weight)
+        self.loss_weight = check_finite('loss_weight', loss_weight)
         self.avg_non_ignore = bool(avg_non_ignore)
         if not isinstance(loss_name, str) or not loss_name.startswith('loss_'):
             raise ValueError(
@@ -128,9 +145,9 @@ class PixelMaxSupLoss(AlphaMixin, nn.Module):
 
         Args:
             cls_score (Tensor): ``(N, K, H, W)`` logits.
-            label (Tensor): ``(N, H, W)`` class indices.
-            weight (Tensor, optional): per-pixel weight ``(N, H, W)``
-                (e.g. from an OHEM sampler).
+            label (Tensor): ``(N, H, W)`` class indices (any integer dtype).
+            weight (Tensor, optional): per-pixel weight, broadcastable to
+                ``(N, H, W)`` with as many dims (e.g. from an OHEM sampler).
             avg_factor (float, optional): divisor of the summed loss for
                 ``'mean'``; computed from the pixels when None.
             reduction_override (str, optional): overrides ``reduction``.
@@ -143,28 +160,68 @@ class PixelMaxSupLoss(AlphaMixin, nn.Module):
         # mmseg.models is imported by whoever calls the loss; importing it
         # at module level would make ``import maxsup_mm`` load all of it.
         from mmseg.models.losses.utils import weight_reduce_loss
+        name = type(self).__name__
         reduction = check_reduction(reduction_override or self.reduction)
-        check_seg_inputs(cls_score, label, ignore_index, self.loss_name)
-        loss = maxsup_cross_entropy(cls_score, label, self.alpha, ignore_index)
+        # the fused op checks the label range on the device itself
+        check_seg_inputs(cls_score, label, ignore_index, name,
+                         check_values=values_readable(label))
+        num_classes = cls_score.shape[1]
+        if self.class_weight is not None and \
+                len(self.class_weight) != num_classes:
+            raise ValueError(
+                f'{name}: class_weight has {len(self.class_weight)} entries '
+                f'but the logits have {num_classes} classes')
+        if weight is not None:
+            if weight.dim() != label.dim() or any(
+                    w not in (1, n) for w, n in zip(weight.shape,
+                                                    label.shape)):
+                raise ValueError(
+                    f'{name}: weight of shape {tuple(weight.shape)} does not '
+                    f'match the labels {tuple(label.shape)}: expected a '
+                    'per-pixel weight (N, H, W) (dims of size 1 broadcast)')
+            weight = weight.float()
+        if (self.class_weight is None and weight is None
+                and avg_factor is None and not self.avg_non_ignore
+                and reduction != 'none'):
+            # summed inside the op; mmseg's mean divides by
+            # (number of pixels + float32 eps)
+            loss, gap = maxsup_cross_entropy(
+                cls_score, label, self.alpha, ignore_index, reduction='sum',
+                return_gap=True)
+            coef = self.alpha
+            if reduction == 'mean':
+                div = label.numel() + torch.finfo(torch.float32).eps
+                loss, coef = loss / div, coef / div
+            self._record(loss, gap, coef, self.loss_weight)
+            return self.loss_weight * loss
+        loss, gap = maxsup_cross_entropy(
+            cls_score, label, self.alpha, ignore_index, return_gap=True)
         valid = label != ignore_index
         if self.class_weight is not None:
             class_weight = cls_score.new_tensor(self.class_weight)
-            pixel_weight = class_weight[label.masked_fill(~valid, 0)]
+            pixel_weight = class_weight[label.long().masked_fill(~valid, 0)]
             loss = loss * pixel_weight  # ignored pixels are 0 already
+            gap = gap * pixel_weight.to(gap.dtype)
+            # mmseg: the mean divides by the pixels' summed class weights;
+            # an ignored pixel counts 0 (avg_non_ignore) or
+            # class_weight[ignore_index] (1 if that is not a class)
+            ignored_weight = 0.0 if self.avg_non_ignore else (
+                self.class_weight[ignore_index]
+                if 0 <= ignore_index < num_classes else 1.0)
             denom = torch.where(valid, pixel_weight,
-                                torch.zeros_like(pixel_weight)
-                                if self.avg_non_ignore else
-                                torch.ones_like(pixel_weight))
+                                torch.full_like(pixel_weight, ignored_weight))
         else:
             denom = valid if self.avg_non_ignore else None
-        if avg_factor is None and reduction == 'mean':
-            avg_factor = label.numel() if denom is None else \
-                denom.sum().to(loss.dtype)
-        if weight is not None:
-            weight = weight.float()
-        loss = weight_reduce_loss(
+        if avg_factor is None and reduction == 'mean' and denom is not None:
+            avg_factor = denom.sum().to(loss.dtype)  # on the device
+        out = weight_reduce_loss(
             loss, weight=weight, reduction=reduction, avg_factor=avg_factor)
-        return self.loss_weight * loss
+        if self.record_terms and self.training:
+            gap = weight_reduce_loss(
+                gap.to(out.dtype), weight=weight, reduction=reduction,
+                avg_factor=avg_factor)
+            self._record(out, gap, self.alpha, self.loss_weight)
+        return self.loss_weight * out
 
     def extra_repr(self) -> str:
         return (f'alpha={self.alpha}, reduction={self.reduction!r}, '
