@@ -83,6 +83,21 @@ def test_train_maxsup_mixup_alpha_schedule(uninterrupted):
     assert "type='MaxSupLoss'" in text and "type='CutMix'" in text
 
 
+def test_train_logs_ce_part_and_maxsup_term(uninterrupted):
+    """tools/train.py adds LossTermsHook: every logged iteration shows the
+    regularizer's share and the rest, which sum to the logged loss (the
+    logger interval is 1 here, so the windows are single iterations)."""
+    _, work = uninterrupted
+    path = glob.glob(osp.join(work, '*', 'vis_data', 'scalars.json'))[0]
+    records = [json.loads(line) for line in open(path)]
+    logged = [r for r in records if 'loss' in r and 'lr' in r]
+    assert len(logged) == 3 * ITERS_PER_EPOCH
+    for rec in logged:
+        assert rec['maxsup_term'] > 0  # alpha * (z_max - mean z) >= 0
+        assert rec['ce_term'] + rec['maxsup_term'] == pytest.approx(
+            rec['loss'], rel=1e-3, abs=1e-3)
+
+
 def test_checkpoints_load_with_weights_only(uninterrupted):
     _, work = uninterrupted
     ckpts = sorted(glob.glob(osp.join(work, 'epoch_*.pth')))

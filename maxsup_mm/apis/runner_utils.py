@@ -17,7 +17,7 @@ from maxsup_mm.engine import exact_resume_loop_cfg
 
 #: hooks every run of our tools gets unless the config lists them already
 DEFAULT_HOOKS = ('WeightsOnlyCheckpointHook', 'ReseedHook',
-                 'NonFiniteLossHook')
+                 'NonFiniteLossHook', 'LossTermsHook')
 
 
 def register_all(cfg: Config) -> None:
@@ -37,8 +37,9 @@ def add_default_hooks(cfg: Config) -> Config:
     use the exact-resume training loops.
 
     ``WeightsOnlyCheckpointHook`` makes checkpoints safe to load under torch
-    >= 2.6, ``ReseedHook`` makes ``--resume`` exact and ``NonFiniteLossHook``
-    stops a diverged run.  mmengine's ``EpochBasedTrainLoop`` /
+    >= 2.6, ``ReseedHook`` makes ``--resume`` exact, ``NonFiniteLossHook``
+    stops a diverged run and ``LossTermsHook`` logs the CE part and the
+    regularizer of our losses separately.  mmengine's ``EpochBasedTrainLoop`` /
     ``IterBasedTrainLoop`` (also when chosen by ``train_cfg.by_epoch``) are
     replaced by :mod:`maxsup_mm.engine.loops`' exact-resume loops, which
     resume from mid-epoch checkpoints without repeating batches; other loop

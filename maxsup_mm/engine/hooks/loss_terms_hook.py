@@ -26,7 +26,9 @@ class LossTermsHook(Hook):
     (the regularizer's share of the loss, ``loss_weight * coefficient *
     term``, and the rest of the loss: the two sum to the loss).  So the log
     shows both parts, averaged over the logger's window like ``loss``, and
-    the steps in between never wait for the device.
+    the steps in between never wait for the device.  The terms are averaged
+    over the log processor's window, as ``loss`` is (a ``custom_cfg`` entry
+    per key).
 
     With several such losses in one model (e.g. a decode and an auxiliary
     head) the keys are prefixed by the loss module's name in the model,
@@ -64,15 +66,34 @@ class LossTermsHook(Hook):
             module.record_terms = True
             prefix = f'{name}.' if len(found) > 1 else ''
             self._losses[prefix] = module
-        if not found:
-            runner.logger.warning(
+        if not found:  # e.g. a CE baseline: nothing to split
+            runner.logger.info(
                 'LossTermsHook: the model has no loss that logs its terms '
                 '(MaxSupLoss, LabelSmoothDecompLoss, LogitPenaltyLoss, '
-                'ConfidencePenaltyLoss, the MaxSup pixel loss)')
+                'ConfidencePenaltyLoss, the MaxSup pixel loss); nothing to '
+                'add to the log')
         if self.interval is None:
             loggers = [h for h in runner.hooks
                        if type(h).__name__ == 'LoggerHook']
             self.interval = loggers[0].interval if loggers else 10
+        self._smooth_like_loss(runner)
+
+    def _smooth_like_loss(self, runner) -> None:
+        """Average the terms over the log processor's window, as mmengine
+        averages ``loss`` (its ``mean_pattern`` matches only ``loss``-like
+        keys; other scalars would show the last iteration's value)."""
+        processor = getattr(runner, 'log_processor', None)
+        if processor is None:
+            return
+        keys = set()
+        for prefix, module in self._losses.items():
+            keys.update((prefix + module.term_name, prefix + 'ce_term'))
+        present = {c.get('log_name', c.get('data_src'))
+                   for c in processor.custom_cfg}
+        for key in sorted(keys - present):
+            processor.custom_cfg.append(dict(
+                data_src=key, method_name='mean',
+                window_size=processor.window_size))
 
     def after_train_iter(self, runner, batch_idx: int, data_batch=None,
                          outputs=None) -> None:
