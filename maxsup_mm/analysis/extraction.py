@@ -42,7 +42,7 @@ def load_analysis_config(cfg, cfg_options: Optional[dict] = None):
     """
     from mmengine.config import Config
 
-    from maxsup_mm.apis import register_all
+    from maxsup_mm.utils import register_all
     if isinstance(cfg, (str, os.PathLike)):
         cfg = Config.fromfile(str(cfg))
     elif not isinstance(cfg, Config):
