@@ -444,7 +444,7 @@ def _trap(path):
 
 
 def test_writers_do_not_follow_symlinks(tmp_path):
-    from maxsup_mm.apis.digits_study import StudySettings, write_report
+    from tools.quickstart_study import StudySettings, write_report
     from maxsup_mm.datasets import (load_digits_split, write_digit_scenes,
                                     write_digits_folder)
     digits = str(tmp_path / 'digits')
