@@ -272,6 +272,7 @@ def test_float64_runs_the_pytorch_backend_exactly():
 # --------------------------------------------------------------------------
 # Fallback selection, errors, memory
 # --------------------------------------------------------------------------
+@pytest.mark.slow
 def test_fallback_forced_by_argument_env_and_default(monkeypatch):
     z, t, w = make_case((33, 100), False)
     ref_loss, ref_grad = reference(z, t, w)
@@ -397,6 +398,7 @@ print("WORST", worst)
 '''
 
 
+@pytest.mark.slow
 def test_triton_kernels_in_the_interpreter():
     pytest.importorskip('triton')
     env = dict(os.environ, PYTHONPATH=ROOT)

@@ -41,6 +41,7 @@ def fast_study(tmp_path_factory):
     return settings, report, lines
 
 
+@pytest.mark.slow
 def test_fast_report_has_every_section_and_finite_numbers(fast_study):
     settings, report, lines = fast_study
     text = open(report).read()
@@ -77,6 +78,7 @@ def test_fast_report_has_every_section_and_finite_numbers(fast_study):
     assert any('trained MaxSup seed 1' in line for line in lines)
 
 
+@pytest.mark.slow
 def test_fast_study_resumes_without_redoing_runs(fast_study):
     settings, report, _ = fast_study
     lines = []
@@ -87,6 +89,7 @@ def test_fast_study_resumes_without_redoing_runs(fast_study):
     assert all(line.endswith(': 0s') for line in trained), trained
 
 
+@pytest.mark.slow
 def test_transfer_config_loads_the_converted_backbone(fast_study):
     """The UperNet config of the quickstart really starts from the converted
     digits backbone (every tensor equal), not from a random one."""
@@ -138,6 +141,7 @@ def _logged(work):
     return runs
 
 
+@pytest.mark.slow
 def test_killed_study_run_resumes_from_its_last_epoch(tmp_path):
     """The study checkpoints every epoch (keeping the last two): a run
     killed after epoch 2 of 3 trains only epoch 3 when the study runs again,
