@@ -272,14 +272,13 @@ def test_graph_sees_every_module_and_lazy_imports(graph):
     including a function-level import."""
     assert len(graph) > 40
     assert 'maxsup_mm.checkpoint' in graph['maxsup_mm']
-    # converters.external imports the config lookup at module level,
-    # apis.train_test imports mmengine things lazily and runner_utils here
     assert 'maxsup_mm.utils' in graph['maxsup_mm.converters.external']
+    # relative: ``from .runner_utils import ...``
     assert 'maxsup_mm.apis.runner_utils' in graph['maxsup_mm.apis.train_test']
-    # a lazy one: extraction registers the config's modules inside a function
-    extraction = graph.get('maxsup_mm.analysis.extraction', set()) | \
+    # lazy: the analysis registers a config's modules inside a function
+    analysis = graph.get('maxsup_mm.analysis.extraction', set()) | \
         graph.get('maxsup_mm.analysis.data', set())
-    assert 'maxsup_mm.utils' in extraction
+    assert 'maxsup_mm.utils' in analysis
 
 
 def test_no_module_cycle(graph):
@@ -298,8 +297,8 @@ def test_ops_imports_only_torch_and_itself(graph):
 
 
 def test_layers_point_down(graph):
-    """The library never imports the runner API (``apis``) or the package
-    ``__init__``; nothing below ``ops`` ... (see :data:`LAYERS`)."""
+    """No import points up a layer (:data:`LAYERS`): e.g. the library
+    never imports the runner API (``apis``) or the package ``__init__``."""
     bad = layer_violations(graph)
     assert not bad, '\n'.join(bad)
 
