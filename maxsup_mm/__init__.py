@@ -7,6 +7,10 @@ mmengine load local checkpoints through :func:`maxsup_mm.checkpoint.load_checkpo
 config::
 
     custom_imports = dict(imports=['maxsup_mm'], allow_failed_imports=False)
+
+The configs of this project are installed with the package (wheels) or read
+from the source checkout: :func:`config_path` finds them
+(``maxsup_mm.config_path('released/deit-small_official_in1k.py')``).
 """
 from .checkpoint import install_mmengine_loader, register_safe_globals
 
@@ -16,5 +20,6 @@ install_mmengine_loader()
 
 from . import engine, evaluation, models  # noqa: F401,E402
 from .models.losses import MaxSupLoss, maxsup_cross_entropy  # noqa: F401,E402
+from .utils import config_path  # noqa: F401,E402
 
 __version__ = '0.1.0'

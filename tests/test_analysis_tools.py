@@ -20,6 +20,9 @@ import pytest
 import torch
 from PIL import Image
 
+# every test trains a ResNet first and runs the analysis tools: slow
+pytestmark = pytest.mark.slow
+
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 TOOLS = osp.join(ROOT, 'tools', 'analysis')
 

@@ -98,6 +98,7 @@ def test_mmengine_loader_uses_the_safe_loader(runner_checkpoint, tmp_path,
     assert '\n' not in message and '\x1b' not in message
 
 
+@pytest.mark.slow
 def test_malicious_checkpoint_is_refused_in_a_fresh_process(tmp_path):
     """Same, through a new interpreter with the environment override set."""
     marker = str(tmp_path / 'payload_ran')

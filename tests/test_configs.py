@@ -181,6 +181,7 @@ def fast_runner(monkeypatch):
     torch.set_num_threads(threads)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('rel', CONFIGS)
 def test_config_trains_one_iteration_and_validates(
         rel, small_imagenet_root, cifar100_root, fast_runner, tmp_path):
@@ -281,6 +282,7 @@ def test_every_config_is_in_a_sibling_group():
     assert set(CONFIGS) == grouped, set(CONFIGS) ^ grouped
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('table', sorted(SIBLINGS))
 def test_siblings_differ_only_in_method_keys(table):
     group = SIBLINGS[table]
@@ -294,6 +296,7 @@ def test_siblings_differ_only_in_method_keys(table):
         assert non_method_differences(base, other) == [], rel
 
 
+@pytest.mark.slow
 def test_alpha_schedule_where_the_paper_uses_it():
     """LS and MaxSup use alpha 0.1 -> 0.2 by default (Sec. 5.1.1); Table 1
     and Table 8's first column use a fixed alpha of 0.1."""
@@ -356,6 +359,7 @@ def test_deit_small_maxsup_is_the_paper_recipe():
     assert isinstance(built.head.loss_module, MaxSupLoss)
 
 
+@pytest.mark.slow
 def test_headline_command_trains(small_imagenet_root, tmp_path):
     """``tools/train.py configs/deit-small_maxsup.py`` in a fresh process
     (what tools/dist_train.sh runs on every rank), with the data root, image
@@ -447,6 +451,7 @@ def _is_deit(rel):
     return 'deit' in rel
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('rel', SMOKE_FAMILIES)
 def test_readme_cpu_smoke_run(rel, small_imagenet_root, cifar100_root,
                               fast_runner, tmp_path):

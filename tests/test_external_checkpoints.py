@@ -326,6 +326,7 @@ def deit_small(tmp_path_factory):
     return str(path), model, ema
 
 
+@pytest.mark.slow
 def test_deit_code_base_checkpoint_model_and_ema(deit_small, tmp_path,
                                                  capsys):
     src, model, ema = deit_small
@@ -477,6 +478,7 @@ def test_lightning_blurpool_resnet50(blur_r50, tmp_path, capsys):
                                     config=UPERNET_R50, log=None)
 
 
+@pytest.mark.slow
 def test_released_resnet50_config_runs_in_tools_test(blur_r50, imagenet_root,
                                                      tmp_path, capfd):
     """convert -> tools/test.py with the released config, on generated

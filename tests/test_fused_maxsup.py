@@ -297,6 +297,7 @@ def test_float64_runs_the_pytorch_backend_exactly():
 # --------------------------------------------------------------------------
 # Fallback selection, errors, memory
 # --------------------------------------------------------------------------
+@pytest.mark.slow
 def test_fallback_forced_by_argument_env_and_default(monkeypatch):
     z, t, w = make_case((33, 100), False)
     ref_loss, ref_grad = reference(z, t, w)
@@ -485,6 +486,7 @@ except RuntimeError as exc:
 '''
 
 
+@pytest.mark.slow
 def test_triton_kernels_in_the_interpreter():
     pytest.importorskip('triton')
     env = dict(os.environ, PYTHONPATH=ROOT)
@@ -551,6 +553,7 @@ print('GUARD OK')
 '''
 
 
+@pytest.mark.slow  # a child process per case
 @pytest.mark.skipif(not sys.platform.startswith('linux'),
                     reason='mmap/mprotect guard page: Linux only')
 @pytest.mark.parametrize('backend', [b for b in ('auto', 'cpp', 'cpp-avx2',

@@ -252,6 +252,7 @@ def _ols_worker(rank, world, init_file, out_dir):
     dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_ols_matrices_identical_across_ranks():
     with tempfile.TemporaryDirectory() as tmp:
         mp.spawn(_ols_worker, args=(2, os.path.join(tmp, 'init'), tmp),
@@ -307,6 +308,7 @@ def _ols_resume_worker(rank, world, init_file, out_dir):
     dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_ols_mid_epoch_checkpoint_resumes_exactly_under_ddp():
     with tempfile.TemporaryDirectory() as tmp:
         mp.spawn(_ols_resume_worker, args=(2, os.path.join(tmp, 'init'), tmp),

@@ -338,6 +338,7 @@ def test_device_side_label_check_is_an_assert():
         ops.maxsup_cross_entropy(torch.randn(2, 3), torch.tensor([0, 3]))
 
 
+@pytest.mark.slow
 def test_mmengine_compile_true_trains_like_eager(imagenet_root, tmp_path):
     """mmengine's ``compile=True`` (torch.compile of ``train_step``,
     inductor) on a tiny MaxSup recipe with Mixup/CutMix: it trains, and

@@ -10,8 +10,8 @@ import sys
 
 import pytest
 
-from maxsup_mm.apis.digits_study import (StudySettings, exceeds_noise,
-                                         mean_std, run_study)
+from tools.quickstart_study import (StudySettings, exceeds_noise, mean_std,
+                                    run_study)
 
 SECTIONS = ['# MaxSup quickstart report',
             '## Results (test split, mean ± std over seeds)',
@@ -41,6 +41,7 @@ def fast_study(tmp_path_factory):
     return settings, report, lines
 
 
+@pytest.mark.slow
 def test_fast_report_has_every_section_and_finite_numbers(fast_study):
     settings, report, lines = fast_study
     text = open(report).read()
@@ -77,6 +78,7 @@ def test_fast_report_has_every_section_and_finite_numbers(fast_study):
     assert any('trained MaxSup seed 1' in line for line in lines)
 
 
+@pytest.mark.slow
 def test_fast_study_resumes_without_redoing_runs(fast_study):
     settings, report, _ = fast_study
     lines = []
@@ -87,6 +89,7 @@ def test_fast_study_resumes_without_redoing_runs(fast_study):
     assert all(line.endswith(': 0s') for line in trained), trained
 
 
+@pytest.mark.slow
 def test_transfer_config_loads_the_converted_backbone(fast_study):
     """The UperNet config of the quickstart really starts from the converted
     digits backbone (every tensor equal), not from a random one."""
@@ -95,12 +98,13 @@ def test_transfer_config_loads_the_converted_backbone(fast_study):
     from mmseg.registry import MODELS
     from mmseg.utils import register_all_modules
 
-    from maxsup_mm.apis.digits_study import ROOT, SEG_CONFIG
+    from maxsup_mm import config_path
+    from tools.quickstart_study import SEG_CONFIG
     settings = fast_study[0]
     register_all_modules()
     converted = osp.join(settings.work_dir, 'seg', 'maxsup_seed0',
                          'backbone_mmseg.pth')
-    cfg = Config.fromfile(osp.join(ROOT, SEG_CONFIG))
+    cfg = Config.fromfile(config_path(SEG_CONFIG))
     cfg.model.backbone.init_cfg.checkpoint = converted
     model = MODELS.build(cfg.model)
     model.init_weights()
@@ -116,9 +120,9 @@ def test_transfer_config_loads_the_converted_backbone(fast_study):
 # --------------------------------------------------------------------------
 KILL_AFTER_EPOCH_2 = """
 import sys
-sys.path.insert(0, {helpers!r})
+sys.path[:0] = [{helpers!r}, {root!r}]
 import fault_hooks  # registers KillAfterEpochHook
-from maxsup_mm.apis.digits_study import StudySettings, train_classifier
+from tools.quickstart_study import StudySettings, train_classifier
 settings = StudySettings(work_dir={work!r}, epochs=3,
                          extra_cfg=dict(cls={extra!r}))
 train_classifier('MaxSup', 0, settings, {data!r})
@@ -137,13 +141,15 @@ def _logged(work):
     return runs
 
 
+@pytest.mark.slow
 def test_killed_study_run_resumes_from_its_last_epoch(tmp_path):
     """The study checkpoints every epoch (keeping the last two): a run
     killed after epoch 2 of 3 trains only epoch 3 when the study runs again,
     exactly as the uninterrupted run did."""
-    from maxsup_mm.apis.digits_study import train_classifier
+    from tools.quickstart_study import train_classifier
     from maxsup_mm.datasets import write_digits_folder
     helpers = osp.join(osp.dirname(osp.abspath(__file__)), 'helpers')
+    root = osp.dirname(osp.dirname(osp.abspath(__file__)))
     data = write_digits_folder(str(tmp_path / 'digits'))
     log_every_iter = {'default_hooks.logger.interval': 1}
 
@@ -161,7 +167,7 @@ def test_killed_study_run_resumes_from_its_last_epoch(tmp_path):
                 custom_hooks=[dict(type='AlphaScheduleHook', start=0.1,
                                    end=0.2),
                               dict(type='KillAfterEpochHook', epoch=2)])
-    script = KILL_AFTER_EPOCH_2.format(helpers=helpers, work=work,
+    script = KILL_AFTER_EPOCH_2.format(helpers=helpers, root=root, work=work,
                                        extra=kill, data=data)
     killed = subprocess.run([sys.executable, '-c', script],
                             env=dict(os.environ, OMP_NUM_THREADS='1'),

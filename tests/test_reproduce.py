@@ -201,6 +201,7 @@ def _val_images(root):
     return (torch.stack(imgs) - MEAN) / STD, np.asarray(labels)
 
 
+@pytest.mark.slow
 def test_every_format_is_detected_and_converted_once(full_run):
     work, report, stdout, _ = full_run
     rows = _rows(report, 'top1')
@@ -217,6 +218,7 @@ def test_every_format_is_detected_and_converted_once(full_run):
     assert rows['ls']['architecture'] == 'ResNet-18 + BlurPool'
 
 
+@pytest.mark.slow
 def test_top1_and_val_geometry_equal_a_direct_forward(full_run, world):
     """Tables 4/5 and 2/9 (val) against timm's ViT on PIL-decoded images."""
     _, report, _, _ = full_run
@@ -239,6 +241,7 @@ def test_top1_and_val_geometry_equal_a_direct_forward(full_run, world):
     assert geo['train']['d_within'] != geo['val']['d_within']
 
 
+@pytest.mark.slow
 def test_report_has_the_papers_numbers_and_ours(full_run):
     _, report, stdout, md = full_run
     top1 = _rows(report, 'top1')
@@ -288,6 +291,7 @@ def test_report_has_the_papers_numbers_and_ours(full_run):
         assert title in md
 
 
+@pytest.mark.slow
 def test_probe_features_are_cifar10_resized_and_normalised(world, tmp_path,
                                                            monkeypatch):
     """Table 3's features: mmpretrain's CIFAR10 -> resize -> the model's
@@ -368,6 +372,7 @@ def oracle_bgr(r18, world):
     return f.flatten(1).numpy()
 
 
+@pytest.mark.slow
 def test_table6_commands_reuse_the_conversion_and_merge(full_run, world,
                                                         capsys):
     """Table 6 alone, with an UperNet config: the commands (8 GPUs and 1
@@ -413,6 +418,7 @@ def test_table6_commands_reuse_the_conversion_and_merge(full_run, world,
                         strict=True)
 
 
+@pytest.mark.slow
 def test_refusals_are_one_line(world, tmp_path, capsys):
     tool = _tool()
     w = world

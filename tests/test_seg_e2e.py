@@ -17,6 +17,9 @@ import pytest
 
 from maxsup_mm.datasets import write_ade20k_folder
 
+# pretraining, conversion and UperNet fine-tuning end to end in a subprocess: slow
+pytestmark = pytest.mark.slow
+
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 SEG_CFG = osp.join(ROOT, 'configs', 'upernet',
                    'upernet_deit-s16_maxsup-pre_maxsup-loss_8xb2-80k_'

@@ -164,6 +164,7 @@ def _test_tool(*argv):
 # issue 12 item 1: plain Runner checkpoints load everywhere; malicious
 # pickles are refused everywhere (issue 13 item 5: whatever the environment)
 # ---------------------------------------------------------------------------
+@pytest.mark.slow
 def test_test_tool_scores_a_plain_runner_checkpoint(plain, tmp_path):
     out = str(tmp_path / 'metrics.json')
     proc = _run(['tools/test.py', plain.cfg, plain.ckpt, '--work-dir',
@@ -177,6 +178,7 @@ def test_test_tool_scores_a_plain_runner_checkpoint(plain, tmp_path):
     assert f'[test] accuracy/top1: {top1}\n' in proc.stdout
 
 
+@pytest.mark.slow
 def test_train_resumes_a_plain_runner_checkpoint(plain, tmp_path):
     work = str(tmp_path / 'work')
     proc = _run(['tools/train.py', plain.cfg, '--work-dir', work, '--resume',
@@ -188,6 +190,7 @@ def test_train_resumes_a_plain_runner_checkpoint(plain, tmp_path):
     assert not osp.exists(osp.join(work, 'epoch_1.pth'))
 
 
+@pytest.mark.slow
 def test_converter_converts_a_plain_runner_checkpoint(plain, state_dict,
                                                       tmp_path):
     tool = _load_tool('model_converters/mmpretrain2mmseg.py')
@@ -206,6 +209,7 @@ def test_converter_converts_a_plain_runner_checkpoint(plain, state_dict,
                        state_dict['backbone.conv1.weight'])
 
 
+@pytest.mark.slow
 def test_analysis_tools_read_a_plain_runner_checkpoint(plain, tmp_path):
     out = str(tmp_path / 'feats.npz')
     feats = _load_tool('analysis/extract_features.py').main(
@@ -223,6 +227,7 @@ def _refusal_ok(stderr, evil):
     assert 'Traceback' not in stderr, stderr[-3000:]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('tool', ['test', 'train', 'convert', 'compare'])
 def test_every_tool_refuses_a_malicious_checkpoint(plain, evil, tool,
                                                    tmp_path):
@@ -242,6 +247,7 @@ def test_every_tool_refuses_a_malicious_checkpoint(plain, evil, tool,
     assert not osp.exists(tmp_path / 'out.pth')
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('tool', ANALYSIS_TOOLS)
 def test_every_analysis_tool_refuses_a_malicious_checkpoint(
         plain, evil, tool, tmp_path, monkeypatch):
@@ -262,6 +268,7 @@ def test_every_analysis_tool_refuses_a_malicious_checkpoint(
 # ---------------------------------------------------------------------------
 # issue 13 item 3: no score of a half-loaded model; item 7: nor of NaNs
 # ---------------------------------------------------------------------------
+@pytest.mark.slow
 @pytest.mark.parametrize('variant, expect', [
     ('other depth', ['missing', 'backbone.layer1.2.conv1.weight']),
     ('other num_classes', ['with another shape', 'head.fc.weight (4, 128) '
@@ -287,6 +294,7 @@ def test_test_tool_refuses_a_checkpoint_of_another_model(
     assert 'accuracy/top1' in metrics
 
 
+@pytest.mark.slow
 def test_test_tool_refuses_a_classifier_in_a_seg_config(plain, seg,
                                                         tmp_path):
     with pytest.raises(SystemExit) as exc:
@@ -297,6 +305,7 @@ def test_test_tool_refuses_a_classifier_in_a_seg_config(plain, seg,
     assert 'unexpected (head.fc.weight, head.fc.bias)' in message
 
 
+@pytest.mark.slow
 def test_test_tool_refuses_non_finite_weights(plain, state_dict, tmp_path):
     sd = dict(state_dict)
     sd['backbone.layer2.0.conv1.weight'] = sd[
@@ -313,6 +322,7 @@ def test_test_tool_refuses_non_finite_weights(plain, state_dict, tmp_path):
         assert 'backbone.layer2.0.conv1.weight, head.fc.bias' in message
 
 
+@pytest.mark.slow
 def test_missing_checkpoint_is_one_line(plain, tmp_path):
     with pytest.raises(SystemExit, match='checkpoint not found: .*nope.pth'):
         _test_tool(plain.cfg, str(tmp_path / 'nope.pth'))
@@ -321,6 +331,7 @@ def test_missing_checkpoint_is_one_line(plain, tmp_path):
 # ---------------------------------------------------------------------------
 # issue 13 item 15: --out / --out-item / --show-dir as mmpretrain's test.py
 # ---------------------------------------------------------------------------
+@pytest.mark.slow
 def test_out_dumps_predictions_as_mmpretrain(plain, tmp_path):
     preds = str(tmp_path / 'preds.pkl')
     metrics = _test_tool(plain.cfg, plain.ckpt, '--out', preds,
@@ -342,6 +353,7 @@ def test_out_dumps_predictions_as_mmpretrain(plain, tmp_path):
         {k: float(v) for k, v in metrics.items()})
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('argv, message', [
     (['--out-item', 'pred'], '--out-item needs --out'),
     (['--out', 'x.json', '--out-item', 'pred'], 'dumped as a pickle'),
@@ -354,6 +366,7 @@ def test_out_errors(plain, argv, message, tmp_path):
     assert os.listdir(tmp_path) == []
 
 
+@pytest.mark.slow
 def test_show_dir_saves_painted_predictions(plain, tmp_path):
     show = tmp_path / 'show'
     _test_tool(plain.cfg, plain.ckpt, '--show-dir', str(show), '--work-dir',
@@ -385,6 +398,7 @@ def seg(tmp_path_factory):
     return SimpleNamespace(ckpt=ckpt, options=options, tmp=tmp)
 
 
+@pytest.mark.slow
 def test_seg_out_and_show_dir(seg, tmp_path):
     preds = str(tmp_path / 'preds.pkl')
     show = tmp_path / 'show'
@@ -403,6 +417,7 @@ def test_seg_out_and_show_dir(seg, tmp_path):
 # ---------------------------------------------------------------------------
 # issue 13 item 4: --out of extract_features.py is not a blind cache
 # ---------------------------------------------------------------------------
+@pytest.mark.slow
 def test_extract_features_out_is_rewritten_for_another_checkpoint(
         plain, state_dict, tmp_path, capsys):
     sd = dict(state_dict)
@@ -444,7 +459,7 @@ def _trap(path):
 
 
 def test_writers_do_not_follow_symlinks(tmp_path):
-    from maxsup_mm.apis.digits_study import StudySettings, write_report
+    from tools.quickstart_study import StudySettings, write_report
     from maxsup_mm.datasets import (load_digits_split, write_digit_scenes,
                                     write_digits_folder)
     digits = str(tmp_path / 'digits')
@@ -469,6 +484,7 @@ def test_writers_do_not_follow_symlinks(tmp_path):
     assert open(osp.join(work, 'report.md')).read().startswith('# MaxSup')
 
 
+@pytest.mark.slow
 def test_feature_cache_and_report_do_not_follow_symlinks(plain, tmp_path):
     out = str(tmp_path / 'f.npz')
     victim = out + '.tmp.npz.victim'
@@ -515,6 +531,7 @@ runpy.run_path('tools/model_converters/mmpretrain2mmseg.py',
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('sig', [signal.SIGTERM, signal.SIGINT])
 def test_converter_killed_while_writing_leaves_nothing(plain, tmp_path, sig):
     dst = str(tmp_path / 'out' / 'backbone.pth')
@@ -563,6 +580,7 @@ def test_linear_probe_on_a_small_split():
         linear_probe(x[:5], np.array([0, 0, 1, 1, 2]), x, labels)
 
 
+@pytest.mark.slow
 def test_linear_probe_tool_holdout(plain, tmp_path):
     report = _load_tool('analysis/linear_probe.py').main(
         [plain.cfg, plain.ckpt, '--out', str(tmp_path / 'p'), '--device',

@@ -11,6 +11,9 @@ import sys
 import pytest
 import torch
 
+# every test trains or runs a tool in a subprocess (minutes): slow
+pytestmark = pytest.mark.slow
+
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 CFG = osp.join(ROOT, 'tests', 'data', 'configs', 'resnet18_maxsup_tiny.py')
 HELPERS = osp.join(ROOT, 'tests', 'helpers')  # fault-injection hooks

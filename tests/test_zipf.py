@@ -208,6 +208,29 @@ def test_cnn_head_needs_unpooled_map():
         _cnn_head(zipf_weight=-1.)
 
 
+def test_head_training_accuracy_and_soft_target_error():
+    """``cal_acc`` adds the top-k training accuracy (as mmpretrain's heads
+    log it) next to the two loss terms; with soft targets it is an error."""
+    gen = torch.Generator().manual_seed(7)
+    head = _cnn_head(cal_acc=True, topk=(1, 2))
+    fmap = torch.randn(6, 8, 2, 2, generator=gen)
+    labels = torch.randint(0, 6, (6,), generator=gen)
+    losses = head.loss((fmap, ), _samples(labels))
+    assert set(losses) == {'loss_cls', 'loss_zipf', 'accuracy_top-1',
+                           'accuracy_top-2'}
+    logits = head((fmap, ))
+    for k in (1, 2):
+        hits = (logits.topk(k, dim=1).indices == labels[:, None]).any(1)
+        acc = losses[f'accuracy_top-{k}']  # [value at threshold 0]
+        acc = acc[0] if isinstance(acc, (list, tuple)) else acc
+        torch.testing.assert_close(acc.reshape(()), 100 * hits.float().mean())
+    torch.testing.assert_close(losses['loss_cls'],
+                               F.cross_entropy(logits, labels))
+    scores = torch.softmax(torch.randn(6, 6, generator=gen), 1)
+    with pytest.raises(ValueError, match='cal_acc'):
+        head.loss((fmap, ), _samples(scores=scores))
+
+
 def _vit_head(**kwargs):
     from mmpretrain.registry import MODELS
     import maxsup_mm  # noqa: F401

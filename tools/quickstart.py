@@ -5,7 +5,7 @@
 
 Trains, analyses, transfers to segmentation and writes
 ``work_dirs/quickstart/report.md``.  Interrupted?  Run it again: finished
-runs are not redone.  See maxsup_mm/apis/digits_study.py.
+runs are not redone.  The study itself is tools/quickstart_study.py.
 """
 import argparse
 import os.path as osp
@@ -14,7 +14,7 @@ import warnings
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
-from maxsup_mm.apis.digits_study import StudySettings, run_study  # noqa
+from tools.quickstart_study import StudySettings, run_study  # noqa: E402
 
 
 def parse_args(argv=None):

@@ -41,9 +41,7 @@ def load_analysis_config(cfg, cfg_options: Optional[dict] = None):
     """
     from mmengine.config import Config
 
-    # TODO(issue 15): register_all moves out of maxsup_mm.apis into the
-    # library (the other half of the issue); import it from there then.
-    from maxsup_mm.apis.runner_utils import register_all
+    from maxsup_mm.utils import register_all
     if isinstance(cfg, (str, os.PathLike)):
         cfg = Config.fromfile(str(cfg))
     elif not isinstance(cfg, Config):

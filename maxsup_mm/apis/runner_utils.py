@@ -14,22 +14,12 @@ import torch.distributed as torch_dist
 from mmengine.config import Config, ConfigDict
 
 from maxsup_mm.engine import exact_resume_loop_cfg
+# re-exported: ``maxsup_mm.apis.register_all`` is where tools found it
+from maxsup_mm.utils import register_all  # noqa: F401
 
 #: hooks every run of our tools gets unless the config lists them already
 DEFAULT_HOOKS = ('WeightsOnlyCheckpointHook', 'ReseedHook',
                  'NonFiniteLossHook', 'LossTermsHook')
-
-
-def register_all(cfg: Config) -> None:
-    """Import ``maxsup_mm`` and the upstream modules of the config's scope."""
-    import maxsup_mm  # noqa: F401  (registers our modules)
-    scope = cfg.get('default_scope', 'mmpretrain')
-    if scope == 'mmseg':
-        from mmseg.utils import register_all_modules
-        register_all_modules(init_default_scope=True)
-    else:
-        from mmpretrain.utils import register_all_modules
-        register_all_modules(init_default_scope=True)
 
 
 def add_default_hooks(cfg: Config) -> Config:

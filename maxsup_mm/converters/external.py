@@ -56,6 +56,7 @@ from maxsup_mm.checkpoint import CheckpointError, check_finite, \
     load_checkpoint
 from maxsup_mm.fileio import atomic_save
 from maxsup_mm.models.backbones import blur_filter
+from maxsup_mm.utils import config_path
 from .mmpretrain2mmseg import (RESNET_DEPTHS, ConversionError, _apply_rules,
                                _indices, check_against_target, read_config)
 
@@ -78,6 +79,7 @@ EXTERNAL_FORMATS = {
 }
 
 #: the configs that evaluate the authors' released weights as they did
+#: (names of ours: :func:`maxsup_mm.config_path` finds the file)
 RELEASED_CONFIGS = {
     'deit-small': 'configs/released/deit-small_official_in1k.py',
     'resnet50-blurpool': 'configs/released/resnet50-blurpool_official_in1k.py',
@@ -100,9 +102,6 @@ LIGHTNING_KEYS = ('pytorch-lightning_version', 'global_step',
 #: anchor keys (first one searched, the others must share its prefix)
 _VIT_ANCHORS = ('patch_embed.proj.weight', 'cls_token')
 _RESNET_ANCHORS = ('layer1.0.conv1.weight', 'conv1.weight')
-
-#: ROOT of the repository (configs/ lives there)
-ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 _OPENMMLAB_PARTS = ('backbone', 'neck', 'head', 'decode_head',
                     'auxiliary_head', 'data_preprocessor')
@@ -499,14 +498,6 @@ def matching_config(fmt: str, arch: Dict) -> Optional[str]:
     return STANDARD_CONFIGS[f'resnet{arch["depth"]}']
 
 
-def _config_path(config: str) -> str:
-    """A ``configs/...`` name of this repository as a path (from anywhere)."""
-    if '::' in config or osp.isfile(config):
-        return config
-    candidate = osp.join(ROOT, config)
-    return candidate if osp.isfile(candidate) else config
-
-
 def expected_model_shapes(model_cfg: Dict) -> Dict[str, torch.Size]:
     """Build an mmpretrain model and return ``{key: shape}`` of its state.
 
@@ -529,7 +520,7 @@ def expected_model_shapes(model_cfg: Dict) -> Dict[str, torch.Size]:
 
 def _model_from_config(config: str) -> Dict:
     try:
-        cfg = read_config(_config_path(config))
+        cfg = read_config(config_path(config))
     except Exception as err:  # noqa: BLE001 - a user's path or typo
         raise ConversionError(f'cannot read the config {config}: '
                               f'{type(err).__name__}: {err}') from None

@@ -18,13 +18,11 @@ from typing import Callable, Optional, Tuple
 from maxsup_mm.checkpoint import load_checkpoint
 from maxsup_mm.converters import convert_external_checkpoint
 from maxsup_mm.fileio import atomic_write_json
+from maxsup_mm import config_path
 from .tables import method_row
 
 __all__ = ['Run', 'parse_run', 'resolve_config', 'load_config',
-           'describe_model', 'prepare_checkpoint', 'set_data_root', 'ROOT']
-
-#: the repository root (``configs/`` is resolved against it)
-ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+           'describe_model', 'prepare_checkpoint', 'set_data_root']
 
 #: bump when what a cached conversion depends on changes
 CONVERSION_VERSION = 1
@@ -78,13 +76,12 @@ def parse_run(spec: str) -> Run:
 
 
 def resolve_config(config: str) -> str:
-    """A config path as given, ``scope::path``, or relative to the repo."""
-    if '::' in config or osp.isfile(config):
-        return config
-    candidate = osp.join(ROOT, config)
-    if osp.isfile(candidate):
-        return candidate
-    raise ValueError(f'config not found: {config}')
+    """A config path as given, ``scope::path``, or one of ours
+    (``configs/...``, found by :func:`maxsup_mm.config_path`)."""
+    try:
+        return config_path(config)
+    except FileNotFoundError:
+        raise ValueError(f'config not found: {config}') from None
 
 
 def load_config(config: str, cfg_options: Optional[dict] = None):

@@ -4,9 +4,9 @@ from typing import List, Optional
 
 from mmengine.hooks import Hook
 from mmengine.logging import print_log
-from mmengine.model import is_model_wrapper
 from mmengine.registry import HOOKS
 from mmengine.runner import IterBasedTrainLoop
+from mmpretrain.utils import get_ori_model
 
 from maxsup_mm.models.losses.base import AlphaMixin, check_nonnegative
 
@@ -84,9 +84,8 @@ class AlphaScheduleHook(Hook):
     @staticmethod
     def find_losses(model) -> List[AlphaMixin]:
         """Every module of ``model`` whose ``alpha`` can be scheduled."""
-        if is_model_wrapper(model):
-            model = model.module
-        return [m for m in model.modules() if isinstance(m, AlphaMixin)]
+        return [m for m in get_ori_model(model).modules()
+                if isinstance(m, AlphaMixin)]
 
     @staticmethod
     def iteration_based(runner) -> bool:

@@ -26,9 +26,10 @@ def encode_safe(obj: Any) -> Any:
     tensor (object arrays -> tagged list); numpy scalars -> Python numbers.
     """
     if isinstance(obj, HistoryBuffer):
+        log_history, count_history = obj.data
         return {_TAG: 'HistoryBuffer',
-                'log_history': torch.from_numpy(np.array(obj._log_history)),
-                'count_history': torch.from_numpy(np.array(obj._count_history)),
+                'log_history': torch.from_numpy(np.array(log_history)),
+                'count_history': torch.from_numpy(np.array(count_history)),
                 'max_length': int(obj.max_length)}
     if isinstance(obj, np.ndarray):
         if obj.dtype == object:
@@ -52,10 +53,9 @@ def decode_safe(obj: Any) -> Any:
     if isinstance(obj, dict):
         kind = obj.get(_TAG)
         if kind == 'HistoryBuffer':
-            buffer = HistoryBuffer(max_length=obj['max_length'])
-            buffer._log_history = obj['log_history'].numpy()
-            buffer._count_history = obj['count_history'].numpy()
-            return buffer
+            return HistoryBuffer(obj['log_history'].numpy(),
+                                 obj['count_history'].numpy(),
+                                 max_length=obj['max_length'])
         if kind == 'ndarray':
             return obj['data'].numpy()
         if kind == 'ndarray_list':

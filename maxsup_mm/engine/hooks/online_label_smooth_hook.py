@@ -3,6 +3,7 @@ from mmengine.dist import get_rank, get_world_size
 from mmengine.hooks import CheckpointHook, Hook
 from mmengine.model import is_model_wrapper
 from mmengine.registry import HOOKS
+from mmpretrain.utils import get_ori_model
 
 from maxsup_mm.models.losses import OnlineLabelSmoothLoss
 
@@ -38,8 +39,7 @@ class OnlineLabelSmoothHook(Hook):
                     'OnlineLabelSmoothLoss needs DDP with broadcast_buffers='
                     'False (mmengine\'s default): otherwise rank 0 overwrites '
                     'the statistics of the other ranks')
-            model = model.module
-        return [m for m in model.modules()
+        return [m for m in get_ori_model(model).modules()
                 if isinstance(m, OnlineLabelSmoothLoss)]
 
     def before_train(self, runner) -> None:

@@ -26,7 +26,6 @@ from typing import List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
-from mmpretrain.evaluation.metrics import Accuracy
 from mmpretrain.registry import MODELS
 from mmpretrain.models.heads import (LinearClsHead,
                                      VisionTransformerClsHead)
@@ -39,11 +38,13 @@ _UPSAMPLE_MODES = (None, 'bilinear', 'bicubic', 'nearest')
 
 
 class ZipfLossMixin:
-    """The loss computation shared by the Zipf-LS heads.
+    """The Zipf-LS term on top of mmpretrain's ``ClsHead`` loss.
 
-    Subclasses implement :meth:`logits_and_dense`, returning the image-level
-    logits ``(N, K)`` (with gradient) and the dense logits ``(N, K, P)``
-    (used without gradient).
+    The image-level logits are the head's own ``forward`` (mmpretrain's
+    ``pre_logits`` and classifier), the configured loss and the training
+    accuracy come from ``ClsHead._get_loss``; this mixin only adds the
+    Zipf term.  Subclasses implement :meth:`zipf_dense_logits`, the dense
+    logits ``(N, K, P)`` of every location (used without gradient).
     """
 
     def _init_zipf(self, zipf_weight: float, power: float,
@@ -52,7 +53,9 @@ class ZipfLossMixin:
         self.power = check_nonnegative('power', power)
         self.image_vote = bool(image_vote)
 
-    def logits_and_dense(self, feats) -> Tuple[torch.Tensor, torch.Tensor]:
+    def zipf_dense_logits(self, feats) -> torch.Tensor:
+        """``(N, K, P)`` logits of the ``P`` locations (no gradient); a
+        clear ``ValueError`` if ``feats`` has no location dimension."""
         raise NotImplementedError
 
     def zipf_label(self, cls_score: torch.Tensor, dense_logits: torch.Tensor,
@@ -81,29 +84,22 @@ class ZipfLossMixin:
             weighted KL) and, with ``cal_acc``, the training accuracy; the
             runner optimises (and logs as ``loss``) their sum.
         """
-        cls_score, dense_logits = self.logits_and_dense(feats)
-        if 'gt_score' in data_samples[0]:
-            target = torch.stack([i.gt_score for i in data_samples])
-            hard_target = target.argmax(dim=1)
-        else:
-            target = torch.cat([i.gt_label for i in data_samples])
-            hard_target = target
+        dense_logits = self.zipf_dense_logits(feats)
+        soft = 'gt_score' in data_samples[0]
+        if self.cal_acc and soft:
+            raise ValueError('cal_acc=True is pointless with Mixup/CutMix '
+                             'soft targets; set cal_acc=False')
+        cls_score = self(feats)
+        upstream = self._get_loss(cls_score, data_samples, **kwargs)
         # not 'loss': mmengine logs the sum of all '*loss*' keys as 'loss'
         # and a key of that name would overwrite it in the log
-        losses = dict(
-            loss_cls=self.loss_module(
-                cls_score, target, avg_factor=cls_score.size(0), **kwargs))
+        losses = dict(loss_cls=upstream.pop('loss'), **upstream)
+        hard_target = (torch.stack([i.gt_score for i in data_samples])
+                       .argmax(dim=1) if soft else
+                       torch.cat([i.gt_label for i in data_samples]))
         label = self.zipf_label(cls_score, dense_logits, hard_target)
         losses['loss_zipf'] = self.zipf_weight * zipf_kl_term(
             cls_score, hard_target, label).mean()
-        if self.cal_acc:
-            if target.dim() != 1:
-                raise ValueError('cal_acc=True is pointless with Mixup/CutMix '
-                                 'soft targets; set cal_acc=False')
-            acc = Accuracy.calculate(cls_score, target, topk=self.topk)
-            losses.update(
-                {f'accuracy_top-{k}': a
-                 for k, a in zip(self.topk, acc)})
         return losses
 
 
@@ -201,12 +197,9 @@ class ZipfLinearClsHead(ZipfLossMixin, LinearClsHead):
             align_corners=None if self.dense_upsample == 'nearest' else False)
         return maps.flatten(2)
 
-    def logits_and_dense(self, feats):
-        x = self._feature_map(feats)
-        cls_score = self.fc(x.mean(dim=(2, 3)))
+    def zipf_dense_logits(self, feats) -> torch.Tensor:
         with torch.no_grad():
-            dense = self.dense_logits(x.detach())
-        return cls_score, dense
+            return self.dense_logits(self._feature_map(feats).detach())
 
 
 @MODELS.register_module()
@@ -258,11 +251,6 @@ class ZipfVisionTransformerClsHead(ZipfLossMixin, VisionTransformerClsHead):
                              f'first), got {num_extra_tokens!r}')
         self.num_extra_tokens = num_extra_tokens
 
-    def _hidden(self, x: torch.Tensor) -> torch.Tensor:
-        if self.hidden_dim is None:
-            return x
-        return self.layers.act(self.layers.pre_logits(x))
-
     def _split(self, feats) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         """(class token (N, C), patch tokens (N, P, C) or None)."""
         feat = feats[-1]
@@ -277,16 +265,17 @@ class ZipfVisionTransformerClsHead(ZipfLossMixin, VisionTransformerClsHead):
                          f'{tuple(feat.shape)}')
 
     def pre_logits(self, feats) -> torch.Tensor:
+        """mmpretrain's hidden layer (if any) on the class token."""
         cls_token, _ = self._split(feats)
-        return self._hidden(cls_token)
+        return super().pre_logits((cls_token, ))
 
-    def logits_and_dense(self, feats):
-        cls_token, patches = self._split(feats)
+    def zipf_dense_logits(self, feats) -> torch.Tensor:
+        _, patches = self._split(feats)
         if patches is None or patches.shape[1] == 0:
             raise ValueError(
                 'ZipfVisionTransformerClsHead needs the patch tokens to '
                 "compute dense votes: set the backbone's out_type='raw'")
-        cls_score = self.layers.head(self._hidden(cls_token))
         with torch.no_grad():
-            dense = self.layers.head(self._hidden(patches.detach()))
-        return cls_score, dense.transpose(1, 2)
+            # mmpretrain's hidden layer and classifier on every patch token
+            hidden = super().pre_logits((patches.detach(), ))
+            return self.layers.head(hidden).transpose(1, 2)

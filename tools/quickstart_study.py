@@ -20,6 +20,10 @@ Every finished step leaves a ``done.json``; an interrupted study resumes
 where it stopped: unfinished training runs resume from their last
 checkpoint (the configs write one every epoch / every 50 segmentation
 iterations and keep the last two), exactly as if never interrupted.
+
+This is application code: it lives beside its entry, ``tools/quickstart.py``,
+and uses the ``maxsup_mm`` library like any user would (nothing in the
+library imports it).
 """
 import json
 import os
@@ -31,13 +35,13 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from maxsup_mm import config_path
 from maxsup_mm.analysis.tables import (format_mean_std, markdown_table,
                                        mean_std)
 from maxsup_mm.fileio import atomic_write_json, atomic_write_text
 
-ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-
-#: method name -> classification config (siblings that differ in the loss)
+#: method name -> classification config (siblings that differ in the loss;
+#: :func:`maxsup_mm.config_path` finds them)
 CLS_CONFIGS = {
     'CE': 'configs/quickstart/resnet18-tiny_1xb64-15e_digits.py',
     'LS': 'configs/quickstart/resnet18-tiny_1xb64-15e-ls_digits.py',
@@ -112,7 +116,7 @@ def _train(config: str, work: str, name: str, seed: int, data_root: str,
                **overrides, **extra}
     resume = 'auto' if osp.exists(osp.join(work, 'last_checkpoint')) else None
     runner = build_runner(
-        prepare_train_cfg(osp.join(ROOT, config), work_dir=work,
+        prepare_train_cfg(config_path(config), work_dir=work,
                           resume=resume, cfg_options=options))
     runner.train()
     return runner
@@ -148,7 +152,7 @@ def transfer_backbone(method: str, seed: int, cls_ckpt: str,
     os.makedirs(work, exist_ok=True)
     backbone = osp.join(work, 'backbone_mmseg.pth')
     convert_mmpretrain_to_mmseg(cls_ckpt, backbone,
-                                config=osp.join(ROOT, SEG_CONFIG), log=None)
+                                config=config_path(SEG_CONFIG), log=None)
     n = s.seg_iters
     runner = _train(SEG_CONFIG, work, f'seg_{method}', seed, scenes_root, {
         'model.backbone.init_cfg.checkpoint': backbone,
@@ -330,7 +334,7 @@ def run_study(s: StudySettings,
     log('[quickstart] analysis: accuracy, calibration, feature geometry, '
         'logits, Grad-CAM, projection')
     analysis_dir = osp.join(s.work_dir, 'analysis')
-    spec = [(m, osp.join(ROOT, CLS_CONFIGS[m]), ckpts[m, seed])
+    spec = [(m, config_path(CLS_CONFIGS[m]), ckpts[m, seed])
             for m, seed in runs]
     analysed = compare(
         spec, analysis_dir, analyses=s.analyses, split='test',
