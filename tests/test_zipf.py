@@ -210,7 +210,11 @@ def test_cnn_head_needs_unpooled_map():
 
 def test_head_training_accuracy_and_soft_target_error():
     """``cal_acc`` adds the top-k training accuracy (as mmpretrain's heads
-    log it) next to the two loss terms; with soft targets it is an error."""
+    log it) next to the two loss terms; with soft targets it is an error.
+    mmpretrain's ``Accuracy.calculate`` (what ``ClsHead._get_loss`` uses)
+    counts a top-k hit only where that score is above its threshold 0 (the
+    heads pass raw logits), so the oracle does too."""
+    torch.manual_seed(0)  # the head's initial weights
     gen = torch.Generator().manual_seed(7)
     head = _cnn_head(cal_acc=True, topk=(1, 2))
     fmap = torch.randn(6, 8, 2, 2, generator=gen)
@@ -220,7 +224,8 @@ def test_head_training_accuracy_and_soft_target_error():
                            'accuracy_top-2'}
     logits = head((fmap, ))
     for k in (1, 2):
-        hits = (logits.topk(k, dim=1).indices == labels[:, None]).any(1)
+        top = logits.topk(k, dim=1)
+        hits = ((top.indices == labels[:, None]) & (top.values > 0)).any(1)
         acc = losses[f'accuracy_top-{k}']  # [value at threshold 0]
         acc = acc[0] if isinstance(acc, (list, tuple)) else acc
         torch.testing.assert_close(acc.reshape(()), 100 * hits.float().mean())
