@@ -1,6 +1,6 @@
 """The quickstart study on real data: CE vs LS vs MaxSup, end to end.
 
-    python tools/quickstart.py            # full study (about 10 min, 2 cores)
+    python tools/quickstart.py            # full study (about 4 min, 2 cores)
     python tools/quickstart.py --fast     # 2-minute smoke version
 
 Trains, analyses, transfers to segmentation and writes
