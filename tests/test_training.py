@@ -324,3 +324,44 @@ def test_dist_nan_on_one_rank_stops_every_rank_before_checkpoint(
     for line in errors:
         assert 'on rank 1' in line and 'at iteration 8' in line, line
         assert 'epoch_1.pth' in line, line
+
+
+def _load_tool(name):
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(
+        f'_tool_{name}', osp.join(ROOT, 'tools', f'{name}.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_train_and_test_tools_end_their_process_group(imagenet_root, tmp_path,
+                                                      monkeypatch):
+    """A gloo group left to the interpreter's exit can abort a rank whose
+    run succeeded (SIGABRT, 'terminate called without an active
+    exception'); torchrun then fails the job.  Both tools end the group."""
+    import socket
+    import torch.distributed as dist
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        port = s.getsockname()[1]
+    for key, value in dict(RANK='0', LOCAL_RANK='0', WORLD_SIZE='1',
+                           LOCAL_WORLD_SIZE='1', MASTER_ADDR='127.0.0.1',
+                           MASTER_PORT=str(port)).items():
+        monkeypatch.setenv(key, value)
+    cfg = write_cfg(tmp_path / 'cfg.py', imagenet_root,
+                    "train_cfg = dict(max_epochs=1)\n"
+                    "param_scheduler = dict(T_max=1)\n")
+    work = str(tmp_path / 'work')
+    try:
+        _load_tool('train').main([cfg, '--work-dir', work,
+                                  '--launcher', 'pytorch'])
+        assert not dist.is_initialized()
+        metrics = _load_tool('test').main(
+            [cfg, osp.join(work, 'epoch_1.pth'), '--work-dir',
+             str(tmp_path / 'test'), '--launcher', 'pytorch'])
+        assert not dist.is_initialized()
+        assert 0 <= metrics['accuracy/top1'] <= 100
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()

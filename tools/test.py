@@ -22,7 +22,7 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 from mmengine.config import DictAction  # noqa: E402
 
-from maxsup_mm.apis import evaluate_checkpoint  # noqa: E402
+from maxsup_mm.apis import close_distributed, evaluate_checkpoint  # noqa: E402
 from maxsup_mm.checkpoint import CheckpointError  # noqa: E402
 from maxsup_mm.fileio import atomic_write, exit_on_sigterm  # noqa: E402
 
@@ -143,6 +143,7 @@ def main(argv=None):
         if item == 'metrics':
             dump_metrics(metrics, args.out)
             print(f'[test] metrics written to {args.out}', flush=True)
+    close_distributed()
     return metrics
 
 

@@ -16,7 +16,7 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 from mmengine.config import DictAction  # noqa: E402
 
-from maxsup_mm.apis import train_model  # noqa: E402
+from maxsup_mm.apis import close_distributed, train_model  # noqa: E402
 from maxsup_mm.checkpoint import CheckpointError  # noqa: E402
 
 
@@ -61,6 +61,7 @@ def main(argv=None):
                     auto_scale_lr=args.auto_scale_lr, launcher=args.launcher)
     except CheckpointError as err:  # unsafe, corrupt or non-finite
         raise SystemExit(f'train.py: error: {err}')
+    close_distributed()
 
 
 if __name__ == '__main__':

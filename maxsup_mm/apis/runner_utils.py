@@ -75,6 +75,20 @@ def init_cpu_distributed(cfg: Config, launcher: str) -> None:
     cfg.env_cfg.dist_cfg['backend'] = 'gloo'
 
 
+def close_distributed() -> None:
+    """End the process group that a distributed run started.
+
+    The ranks meet at a barrier, then each destroys its group.  A ``gloo``
+    group left for the interpreter's exit is torn down while its threads
+    still run, and the rank can abort (``terminate called without an active
+    exception``, SIGABRT) after a run that succeeded; torchrun then reports
+    the whole job as failed.  Does nothing outside a distributed run.
+    """
+    if torch_dist.is_available() and torch_dist.is_initialized():
+        torch_dist.barrier()
+        torch_dist.destroy_process_group()
+
+
 def default_work_dir(config_path: str) -> str:
     return osp.join('./work_dirs', osp.splitext(osp.basename(config_path))[0])
 
