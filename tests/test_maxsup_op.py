@@ -239,10 +239,13 @@ def _training_losses():
     from maxsup_mm.models.losses import (ConfidencePenaltyLoss,
                                          LabelSmoothDecompLoss,
                                          LogitPenaltyLoss, MaxSupLoss,
+                                         OnlineLabelSmoothLoss,
                                          PixelMaxSupLoss)
+    ols = OnlineLabelSmoothLoss(num_classes=5)
+    ols.hook_attached = True  # training mode: accumulates its statistics
     cls = [MaxSupLoss(), LabelSmoothDecompLoss(),
            LabelSmoothDecompLoss(component='regularization'),
-           LogitPenaltyLoss(), ConfidencePenaltyLoss()]
+           LogitPenaltyLoss(), ConfidencePenaltyLoss(), ols]
     return cls, PixelMaxSupLoss(class_weight=[1.0] * 5), \
         PixelMaxSupLoss(avg_non_ignore=True)
 
@@ -257,6 +260,7 @@ def test_training_path_reads_no_device_value(device):
     cls_losses, pix_cw, pix_avg = _training_losses()
     with _NoHostRead():
         for loss_fn in cls_losses:
+            loss_fn.to(device)
             z = torch.empty(8, 5, device=device, requires_grad=True)
             y = torch.empty(8, dtype=torch.long, device=device)
             loss_fn(z, y).backward()
@@ -281,10 +285,12 @@ def test_cuda_shaped_path_reads_no_value_under_fake_tensors():
     nothing.  (The autograd engine needs a real device for the backward.)"""
     from torch._subclasses.fake_tensor import FakeTensorMode
     cls_losses, pix_cw, pix_avg = _training_losses()
-    with FakeTensorMode(), _NoHostRead():
+    # allow_non_fake_inputs: the OLS buffers (real) move to the fake CUDA
+    with FakeTensorMode(allow_non_fake_inputs=True), _NoHostRead():
         z = torch.empty(8, 5, device='cuda', requires_grad=True)
         y = torch.empty(8, dtype=torch.long, device='cuda')
         for loss_fn in cls_losses:
+            loss_fn.to('cuda')
             assert loss_fn(z, y).device.type == 'cuda'
         zs = torch.empty(2, 5, 4, 3, device='cuda', requires_grad=True)
         ys = torch.empty(2, 4, 3, dtype=torch.long, device='cuda')
@@ -303,6 +309,8 @@ def test_cuda_training_step_does_not_synchronise():
     zs = torch.randn(2, 5, 16, 16, device='cuda', requires_grad=True)
     ys = torch.randint(0, 5, (2, 16, 16), device='cuda')
     ys[0, 0] = 255
+    for loss_fn in cls_losses:
+        loss_fn.to('cuda')
     for loss_fn in cls_losses + [pix_cw, pix_avg]:  # warm up (compile)
         (loss_fn(zs, ys, ignore_index=255) if loss_fn in (pix_cw, pix_avg)
          else loss_fn(z, y)).backward()

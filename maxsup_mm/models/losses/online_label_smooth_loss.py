@@ -147,10 +147,12 @@ class OnlineLabelSmoothLoss(BaseClsLoss):
         # argmax of a NaN row is the NaN's index: such rows never count
         correct = (probs.argmax(dim=1) == hard) & \
             torch.isfinite(probs).all(dim=1)
-        hard = hard[correct]
-        self.idx_count.index_add_(
-            0, hard, torch.ones_like(hard, dtype=self.idx_count.dtype))
-        self.update.index_add_(1, hard, probs[correct].t().to(self.update))
+        # every sample is added, the wrong ones with weight 0: selecting the
+        # correct ones (``hard[correct]``) would read the mask on the host
+        self.idx_count.index_add_(0, hard, correct.to(self.idx_count.dtype))
+        self.update.index_add_(
+            1, hard, torch.where(correct[:, None], probs, 0.).t().to(
+                self.update))
 
     @torch.no_grad()
     def consolidate_statistics(self) -> None:
