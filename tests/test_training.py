@@ -30,6 +30,14 @@ def write_cfg(path, data_root, extra=''):
     return str(path)
 
 
+def free_port():
+    """A TCP port nothing listens on now (torchrun's rendezvous)."""
+    import socket
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return str(s.getsockname()[1])
+
+
 def run_tool(*args, timeout=900):
     env = dict(os.environ, OMP_NUM_THREADS='1',
                PYTHONPATH=os.pathsep.join([ROOT, HELPERS]))
@@ -273,7 +281,7 @@ def test_dist_train_two_cpu_processes(imagenet_root, tmp_path):
         "type='OnlineLabelSmoothLoss', num_classes=4)))\n"
         "custom_hooks = [dict(type='OnlineLabelSmoothHook')]\n")
     work = str(tmp_path / 'work')
-    env = dict(os.environ, OMP_NUM_THREADS='1', PORT='29517',
+    env = dict(os.environ, OMP_NUM_THREADS='1', PORT=free_port(),
                PYTHON=sys.executable)
     proc = subprocess.run(['bash', 'tools/dist_train.sh', cfg, '2',
                            '--work-dir', work], cwd=ROOT, env=env,
@@ -302,7 +310,7 @@ def test_dist_nan_on_one_rank_stops_every_rank_before_checkpoint(
         # 2 ranks x 4 iterations per epoch: 0-based iteration 7 ends epoch 2
         "custom_hooks = [dict(type='PoisonWeightsHook', iter=7, rank=1)]\n")
     work = str(tmp_path / 'work')
-    env = dict(os.environ, OMP_NUM_THREADS='1', PORT='29518',
+    env = dict(os.environ, OMP_NUM_THREADS='1', PORT=free_port(),
                PYTHON=sys.executable, PYTHONPATH=HELPERS)
     proc = subprocess.run(['bash', 'tools/dist_train.sh', cfg, '2',
                            '--work-dir', work], cwd=ROOT, env=env,
@@ -340,14 +348,10 @@ def test_train_and_test_tools_end_their_process_group(imagenet_root, tmp_path,
     """A gloo group left to the interpreter's exit can abort a rank whose
     run succeeded (SIGABRT, 'terminate called without an active
     exception'); torchrun then fails the job.  Both tools end the group."""
-    import socket
     import torch.distributed as dist
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        port = s.getsockname()[1]
     for key, value in dict(RANK='0', LOCAL_RANK='0', WORLD_SIZE='1',
                            LOCAL_WORLD_SIZE='1', MASTER_ADDR='127.0.0.1',
-                           MASTER_PORT=str(port)).items():
+                           MASTER_PORT=free_port()).items():
         monkeypatch.setenv(key, value)
     cfg = write_cfg(tmp_path / 'cfg.py', imagenet_root,
                     "train_cfg = dict(max_epochs=1)\n"
