@@ -297,6 +297,28 @@ def test_dist_train_two_cpu_processes(imagenet_root, tmp_path):
     matrix = ckpt['state_dict']['head.loss_module.supervise']
     torch.testing.assert_close(matrix.sum(0), torch.ones(4))
 
+    # distributed evaluation (2 gloo ranks, each half of the val set)
+    # predicts what a single process predicts, sample by sample
+    import pickle
+    preds = {}
+    for name, command in (
+            ('dist', ['bash', 'tools/dist_test.sh', cfg,
+                      osp.join(work, 'epoch_1.pth'), '2']),
+            ('single', [sys.executable, 'tools/test.py', cfg,
+                        osp.join(work, 'epoch_1.pth')])):
+        out = str(tmp_path / f'{name}.pkl')
+        env['PORT'] = free_port()
+        proc = subprocess.run(
+            command + ['--work-dir', str(tmp_path / name), '--out', out],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        with open(out, 'rb') as f:
+            preds[name] = {p['sample_idx']: p['pred_score']
+                           for p in pickle.load(f)}
+    assert sorted(preds['dist']) == list(range(16))
+    for idx, score in preds['single'].items():
+        torch.testing.assert_close(preds['dist'][idx], score)
+
 
 def test_dist_nan_on_one_rank_stops_every_rank_before_checkpoint(
         imagenet_root, tmp_path):
