@@ -424,6 +424,77 @@ def test_bare_timm_vit_without_a_config(tmp_path, qkv_bias, prefix):
 
 
 # ---------------------------------------------------------------------------
+# timm's train.py: CheckpointSaver's {"state_dict", "state_dict_ema", ...}
+# ---------------------------------------------------------------------------
+def _timm_train_checkpoint(path, model, ema=None, arch='resnet18'):
+    """What timm's ``CheckpointSaver._save`` writes (``last.pth.tar``,
+    ``model_best.pth.tar``): ``ema`` None is a run without --model-ema."""
+    state = {
+        'epoch': 41, 'arch': arch, 'version': 2,
+        'optimizer': {'state': {}, 'param_groups': [{'lr': 0.1}]},
+        'args': argparse.Namespace(model=arch, model_ema=ema is not None,
+                                   smoothing=0.1, lr=0.1, epochs=100),
+        'state_dict': model.state_dict(),
+        'amp_scaler': {'scale': 65536.0, 'growth_factor': 2.0},
+        'metric': 71.3,
+    }
+    if ema is not None:
+        state['state_dict_ema'] = ema.state_dict()
+    torch.save(state, path)
+    return str(path)
+
+
+def test_timm_train_checkpoint_resnet18_model_and_ema(tmp_path, capsys):
+    """A timm-trained ResNet-18 (timm's own architecture as the oracle):
+    "state_dict" by default, "state_dict_ema" with --ema."""
+    import timm
+    model = _randomize_(timm.create_model('resnet18'), seed=21).eval()
+    ema = _randomize_(timm.create_model('resnet18'), seed=22).eval()
+    src = _timm_train_checkpoint(tmp_path / 'last.pth.tar', model, ema)
+    tool = _tool()
+    x = _images(2, IMG)
+    for use_ema, source in ((False, model), (True, ema)):
+        dst = str(tmp_path / f'r18_{use_ema}.pth')
+        assert tool.main([src, dst] + (['--ema'] if use_ema else [])) == 0
+        out = capsys.readouterr().out
+        assert 'timm-checkpoint' in out
+        meta = _converted(dst)['meta']
+        assert meta['format'] == 'timm-checkpoint'
+        assert meta['weights'] == ('state_dict_ema' if use_ema
+                                   else 'state_dict')
+        assert meta['ema'] is use_ema
+        assert meta['source_model'] == 'resnet18'
+        assert meta['source_epoch'] == 41
+        assert meta['config'] == R18_STANDARD
+        cls = _classifier(_config_model(R18_STANDARD),
+                          _converted(dst)['state_dict'])
+        with torch.no_grad():
+            _assert_logits_equal(source(x), cls(x, mode='tensor'))
+    assert not torch.equal(model.fc.weight, ema.fc.weight)
+
+
+def test_timm_train_checkpoint_vit_without_ema(tmp_path, capsys):
+    """A timm ViT trained without --model-ema: converts from "state_dict";
+    --ema names the missing entry and writes nothing."""
+    model = _small_vit(seed=23).eval()
+    src = _timm_train_checkpoint(tmp_path / 'model_best.pth.tar', model,
+                                 arch='vit_custom')
+    dst = str(tmp_path / 'vit.pth')
+    tool = _tool()
+    err = _refused(tool, capsys, src, dst, '--ema')
+    assert '"state_dict_ema" is missing' in err and '--model-ema' in err
+    report = convert_external_checkpoint(src, dst, log=None)
+    assert report['format'] == 'timm-checkpoint'
+    assert report['info']['entry'] == 'state_dict'
+    meta = _converted(dst)['meta']
+    cls = _classifier(meta['model'], _converted(dst)['state_dict'])
+    x = _images(2, 32).double()
+    cls.double(), model.double()
+    with torch.no_grad():
+        _assert_logits_equal(model(x), cls(x, mode='tensor'), tol=1e-8)
+
+
+# ---------------------------------------------------------------------------
 # the authors' ResNet-50: Lightning checkpoint, torchvision keys + BlurPool
 # ---------------------------------------------------------------------------
 @pytest.fixture(scope='module')
@@ -700,7 +771,8 @@ def test_ema_needs_model_ema(deit_small, blur_r50, tmp_path, capsys):
     assert tool.main([no_ema, dst]) == 0
     capsys.readouterr()
     src, _ = blur_r50
-    assert 'only DeiT code base checkpoints carry a "model_ema"' in \
+    assert 'only DeiT code base ("model_ema") and timm train.py ' \
+        '("state_dict_ema") checkpoints carry EMA weights' in \
         _refused(tool, capsys, src, str(tmp_path / 'r50.pth'), '--ema')
 
 

@@ -14,6 +14,13 @@ Source formats (:func:`detect_external_format`):
     'optimizer': ..., 'lr_scheduler': ..., 'epoch': ..., 'scaler': ...,
     'args': argparse.Namespace}, path)`` (also the official DeiT releases,
     ``{'model': ...}``). ``ema=True`` takes ``model_ema``.
+``timm-checkpoint``
+    What timm's ``train.py`` writes (``CheckpointSaver``: ``last.pth.tar``,
+    ``model_best.pth.tar``, ``checkpoint-N.pth.tar``): ``{'state_dict':
+    ..., 'state_dict_ema': ..., 'arch': ..., 'args': argparse.Namespace,
+    'epoch': ..., 'optimizer': ..., 'version': 2, 'metric': ...}``, with a
+    timm ViT / DeiT or ResNet (the same keys as torchvision's).
+    ``ema=True`` takes ``state_dict_ema`` (runs with ``--model-ema``).
 ``timm-state-dict``
     A bare timm ``VisionTransformer`` state dict (``patch_embed.proj``,
     ``blocks.N.norm1`` / ``attn.qkv`` / ``attn.proj`` / ``norm2`` /
@@ -72,6 +79,8 @@ __all__ = [
 EXTERNAL_FORMATS = {
     'deit-checkpoint': 'DeiT code base checkpoint ({"model", "model_ema", '
     '"args", ...})',
+    'timm-checkpoint': 'timm train.py checkpoint ({"state_dict", '
+    '"state_dict_ema", "arch", "args", ...})',
     'timm-state-dict': 'bare timm ViT/DeiT state dict',
     'lightning-checkpoint': 'PyTorch Lightning checkpoint ("state_dict" '
     'plus training state)',
@@ -98,6 +107,14 @@ STANDARD_CONFIGS = {
 LIGHTNING_KEYS = ('pytorch-lightning_version', 'global_step',
                   'optimizer_states', 'lr_schedulers', 'loops',
                   'hyper_parameters', 'callbacks')
+
+#: top-level keys that timm's CheckpointSaver writes beside "state_dict"
+#: (``arch`` and ``version`` always, ``state_dict_ema`` with --model-ema)
+TIMM_KEYS = ('arch', 'version')
+
+#: where the EMA weights are, by format
+EMA_ENTRIES = {'deit-checkpoint': 'model_ema',
+               'timm-checkpoint': 'state_dict_ema'}
 
 #: anchor keys (first one searched, the others must share its prefix)
 _VIT_ANCHORS = ('patch_embed.proj.weight', 'cls_token')
@@ -152,8 +169,8 @@ def detect_external_format(obj) -> str:
 
     Returns:
         str: one of :data:`EXTERNAL_FORMATS` (``'deit-checkpoint'``,
-        ``'timm-state-dict'``, ``'lightning-checkpoint'``,
-        ``'torchvision-state-dict'``).
+        ``'timm-checkpoint'``, ``'timm-state-dict'``,
+        ``'lightning-checkpoint'``, ``'torchvision-state-dict'``).
 
     Raises:
         ConversionError: not one of them (an OpenMMLab checkpoint, an
@@ -170,6 +187,9 @@ def detect_external_format(obj) -> str:
         inner = obj['state_dict']
         if any(k in obj for k in LIGHTNING_KEYS) and _is_state_dict(inner):
             return 'lightning-checkpoint'
+        if _is_state_dict(inner) and not _is_openmmlab(inner) and (
+                'state_dict_ema' in obj or all(k in obj for k in TIMM_KEYS)):
+            return 'timm-checkpoint'
     if _is_state_dict(inner):
         if _is_openmmlab(inner):
             raise ConversionError(
@@ -201,36 +221,43 @@ def extract_source_state_dict(obj, fmt: str, ema: bool = False,
     Args:
         obj: the loaded checkpoint.
         fmt (str): its format (:func:`detect_external_format`).
-        ema (bool): take the DeiT checkpoint's ``model_ema``.
+        ema (bool): take the EMA weights (DeiT's ``model_ema``, timm's
+            ``state_dict_ema``).
         source (str): how to name the file in messages.
 
     Returns:
         tuple: ``(state_dict, info)``; ``info`` has ``entry`` (where the
         weights came from), ``prefix`` (removed), ``dropped`` (Lightning
-        tensors outside the network), ``epoch`` (DeiT, Lightning) and
-        ``model`` (DeiT's ``args.model``) where present.
+        tensors outside the network), ``epoch`` (DeiT, timm, Lightning) and
+        ``model`` (DeiT's ``args.model``, timm's ``arch``) where present.
 
     Raises:
-        ConversionError: ``ema`` without a ``model_ema``; keys outside the
+        ConversionError: ``ema`` without EMA weights; keys outside the
             network prefix (other than Lightning's); non-finite weights.
     """
     info: Dict = dict(entry=None, prefix='', dropped=[])
-    if ema and fmt != 'deit-checkpoint':
+    if ema and fmt not in EMA_ENTRIES:
         raise ConversionError(
             f'--ema: {source} is a {fmt} ({EXTERNAL_FORMATS[fmt]}); only '
-            'DeiT code base checkpoints carry a "model_ema"')
-    if fmt == 'deit-checkpoint':
-        entry = 'model_ema' if ema else 'model'
+            'DeiT code base ("model_ema") and timm train.py '
+            '("state_dict_ema") checkpoints carry EMA weights')
+    if fmt in EMA_ENTRIES:
+        plain = 'model' if fmt == 'deit-checkpoint' else 'state_dict'
+        entry = EMA_ENTRIES[fmt] if ema else plain
         sd = obj.get(entry)
         if not _is_state_dict(sd):
+            flag = ('--no-model-ema' if fmt == 'deit-checkpoint' else
+                    'without --model-ema')
             raise ConversionError(
-                f'--ema: {source} has no EMA weights ("model_ema" is '
+                f'--ema: {source} has no EMA weights ("{entry}" is '
                 f'{"missing" if entry not in obj else type(sd).__name__}'
-                '; the run was trained with --no-model-ema?); convert '
-                'without --ema to take "model"')
+                f'; the run was trained {flag}?); convert without --ema to '
+                f'take "{plain}"')
         info['entry'] = entry
         args = obj.get('args')
-        if isinstance(getattr(args, 'model', None), str):
+        if isinstance(obj.get('arch'), str):  # timm: args.model as well
+            info['model'] = obj['arch']
+        elif isinstance(getattr(args, 'model', None), str):
             info['model'] = args.model
     elif fmt == 'lightning-checkpoint' or 'state_dict' in obj:
         sd, info['entry'] = obj['state_dict'], 'state_dict'
@@ -250,7 +277,8 @@ def extract_source_state_dict(obj, fmt: str, ema: bool = False,
             f'{len(outside)} tensors of {source} lie outside the network '
             f'(prefix "{prefix}"): {outside[:8]}')
     info['prefix'] = prefix
-    if fmt in ('deit-checkpoint', 'lightning-checkpoint') and isinstance(
+    if fmt in ('deit-checkpoint', 'timm-checkpoint',
+               'lightning-checkpoint') and isinstance(
             obj.get('epoch'), int):
         info['epoch'] = obj['epoch']
     net = OrderedDict((k[len(prefix):], v) for k, v in sd.items()
@@ -545,7 +573,8 @@ def convert_external_state_dict(obj, ema: bool = False,
 
     Args:
         obj: the loaded checkpoint (see :func:`detect_external_format`).
-        ema (bool): take a DeiT checkpoint's ``model_ema``.
+        ema (bool): take the EMA weights (DeiT's ``model_ema``, timm's
+            ``state_dict_ema``).
         config (str, optional): the config whose ``model`` must accept the
             result exactly; by default the matching one
             (:func:`matching_config`), else the inferred model.
@@ -631,7 +660,8 @@ def convert_external_checkpoint(src: str,
     Args:
         src (str): the external checkpoint.
         dst (str): output path.
-        ema (bool): take a DeiT checkpoint's ``model_ema``.
+        ema (bool): take the EMA weights (DeiT's ``model_ema``, timm's
+            ``state_dict_ema``).
         config (str, optional): an mmpretrain config whose model must
             accept the weights exactly (default: the matching one).
         log (callable, optional): where progress lines go (``None``: quiet).

@@ -1,5 +1,6 @@
-"""Convert an external checkpoint (DeiT code base, timm, PyTorch Lightning,
-torchvision; BlurPool ResNets included) to an mmpretrain checkpoint.
+"""Convert an external checkpoint (DeiT code base, timm train.py or bare timm,
+PyTorch Lightning, torchvision; BlurPool ResNets included) to an mmpretrain
+checkpoint.
 
 The format is detected from the file's contents. Examples::
 
@@ -11,6 +12,9 @@ The format is detected from the file's contents. Examples::
     # the authors' ResNet-50 (Lightning checkpoint or bare state dict)
     python tools/model_converters/external2mmpretrain.py \\
         resnet50_maxsup.ckpt pretrain/resnet50-blurpool_maxsup.pth
+    # a timm train.py run (last.pth.tar / model_best.pth.tar), EMA weights
+    python tools/model_converters/external2mmpretrain.py \\
+        output/train/run/model_best.pth.tar pretrain/resnet50_timm.pth --ema
     # then
     python tools/test.py configs/released/deit-small_official_in1k.py \\
         pretrain/deit-small_maxsup_official.pth
@@ -30,7 +34,8 @@ from maxsup_mm.converters import (ConversionError,  # noqa: E402
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(
-        description='Convert a DeiT code base / timm ViT-DeiT / PyTorch '
+        description='Convert a DeiT code base / timm train.py / timm '
+        'ViT-DeiT / PyTorch '
         'Lightning / torchvision ResNet checkpoint (with or without '
         'BlurPool) to an mmpretrain ImageClassifier checkpoint; the format '
         'is detected from the contents; refuses anything it cannot map '
@@ -39,7 +44,8 @@ def parse_args(argv=None):
     parser.add_argument('dst', help='output path (written atomically)')
     parser.add_argument(
         '--ema', action='store_true',
-        help='take the EMA weights ("model_ema") of a DeiT checkpoint')
+        help='take the EMA weights: "model_ema" of a DeiT code base '
+        'checkpoint, "state_dict_ema" of a timm train.py checkpoint')
     parser.add_argument(
         '--config', help='an mmpretrain config whose model must accept the '
         'converted weights exactly (default: the matching config, e.g. '
