@@ -20,6 +20,7 @@ from glob import glob
 
 import numpy as np
 import pytest
+import torch
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 CONFIG_DIR = osp.join(ROOT, 'configs')
@@ -156,7 +157,8 @@ def _stop_hook():
 
         def after_train_iter(self, runner, batch_idx, data_batch=None,
                              outputs=None):
-            self.outputs = {k: float(v) for k, v in outputs.items()}
+            self.outputs = {k: float(torch.as_tensor(v).detach())
+                            for k, v in outputs.items()}
             self.alpha = runner.message_hub.get_scalar(
                 'train/alpha').current() if 'train/alpha' in \
                 runner.message_hub.log_scalars else None
