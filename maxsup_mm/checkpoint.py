@@ -20,6 +20,10 @@ No generic callable (``eval``, ``exec``, ``__import__``, ``os.*``, an
 unrestricted ``getattr``) is ever admitted.  Anything else is refused with one
 :class:`CheckpointError` line naming the file and the global.
 
+A ``safetensors`` file (timm's Hugging Face hub weights, ``model.safetensors``),
+recognised from its header whatever its name, is read with
+``safetensors.torch.load_file``: a flat dict of tensors, no pickle at all.
+
 ``import maxsup_mm`` calls :func:`register_safe_globals` and
 :func:`install_mmengine_loader`, so upstream mmengine / mmpretrain / mmseg
 tools started with ``custom_imports=dict(imports=['maxsup_mm'])`` load such
@@ -41,7 +45,8 @@ import numpy as np
 import torch
 
 __all__ = [
-    'CheckpointError', 'load_checkpoint', 'register_safe_globals',
+    'CheckpointError', 'load_checkpoint', 'is_safetensors_file',
+    'register_safe_globals',
     'install_mmengine_loader', 'safe_global_names', 'non_finite_tensors',
     'check_finite', 'load_state_dict_checked', 'unwrap_model'
 ]
@@ -179,11 +184,43 @@ def _refusal(path: str, err: Exception) -> CheckpointError:
                            f'loading: {reason[:300]}')
 
 
+def is_safetensors_file(path: str) -> bool:
+    """Whether ``path`` has the safetensors layout: an 8-byte little-endian
+    header length ``N``, then ``N`` bytes of JSON (``{...}``) within the
+    file.  (A ``torch.save`` zip starts with ``PK``, a legacy one with a
+    pickle opcode; neither fits.)"""
+    with open(path, 'rb') as f:
+        head = f.read(9)
+    if len(head) < 9 or head[8:9] != b'{':
+        return False
+    return 2 <= int.from_bytes(head[:8], 'little') <= osp.getsize(path) - 8
+
+
+def _load_safetensors(path: str, map_location: Any) -> Dict[str, Any]:
+    try:
+        from safetensors.torch import load_file
+    except ImportError:
+        raise CheckpointError(f'{path}: a safetensors file, and the '
+                              'safetensors package is not installed '
+                              '(pip install safetensors)') from None
+    device = str(map_location) if isinstance(
+        map_location, (str, torch.device)) else 'cpu'
+    try:
+        return load_file(path, device=device)
+    except Exception as err:  # noqa: BLE001 - safetensors' own error types
+        text = _ANSI_RE.sub('', str(err)).strip().splitlines()
+        raise CheckpointError(
+            f'{path}: cannot be read as a safetensors file (truncated or '
+            f'corrupt file?): {type(err).__name__}'
+            + (f': {text[0][:200]}' if text else '')) from None
+
+
 def load_checkpoint(path: str, map_location: Any = 'cpu') -> Any:
     """Load a checkpoint without executing code from it.
 
     Args:
-        path (str): a ``torch.save`` file (zip or legacy format).
+        path (str): a ``torch.save`` file (zip or legacy format) or a
+            ``safetensors`` file (recognised from its contents).
         map_location: as :func:`torch.load`. Defaults to ``'cpu'``.
 
     Returns:
@@ -197,9 +234,15 @@ def load_checkpoint(path: str, map_location: Any = 'cpu') -> Any:
     path = os.fspath(path)
     if not osp.isfile(path):
         raise FileNotFoundError(f'checkpoint not found: {path}')
+    if is_safetensors_file(path):
+        return _load_safetensors(path, map_location)
     register_safe_globals()
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        # an open file, not the path: torch.load would hand any file named
+        # *.safetensors to safetensors, whatever it holds
+        with open(path, 'rb') as f:
+            return torch.load(f, map_location=map_location,
+                              weights_only=True)
     except pickle.UnpicklingError as err:
         raise _refusal(path, err) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError,

@@ -185,6 +185,39 @@ def test_truncated_and_missing_files(runner_checkpoint, tmp_path):
     assert '\n' not in str(err.value)
 
 
+def test_safetensors_files_load_by_content(tmp_path, monkeypatch):
+    """timm's Hugging Face hub weights (``model.safetensors``): recognised
+    from the header, not the name; mmengine's loading (``init_cfg=
+    Pretrained``, ``load_from``) reads them through the same loader."""
+    from safetensors.torch import save_file
+    import maxsup_mm  # noqa: F401
+    from mmengine.runner.checkpoint import _load_checkpoint
+    sd = {'patch_embed.proj.weight': torch.randn(8, 3, 4, 4),
+          'cls_token': torch.randn(1, 1, 8),
+          'head.weight': torch.randn(10, 8).to(torch.bfloat16),
+          'steps': torch.arange(5)}
+    for name in ('model.safetensors', 'renamed.pth'):
+        path = str(tmp_path / name)
+        save_file(sd, path, metadata={'format': 'pt'})
+        for loaded in (load_checkpoint(path), _load_checkpoint(path)):
+            assert set(loaded) == set(sd)
+            for key, value in sd.items():
+                assert loaded[key].dtype == value.dtype
+                assert torch.equal(loaded[key], value), key
+    # a torch.save file is still read by torch, however it is named
+    torch.save(sd, str(tmp_path / 'weights.safetensors'))
+    assert torch.equal(load_checkpoint(str(tmp_path / 'weights.safetensors'))[
+        'cls_token'], sd['cls_token'])
+    # truncated: one line, the format named
+    data = open(path, 'rb').read()
+    cut = tmp_path / 'cut.safetensors'
+    cut.write_bytes(data[:len(data) - 7])
+    with pytest.raises(CheckpointError, match='safetensors') as err:
+        load_checkpoint(str(cut))
+    assert 'truncated or corrupt' in str(err.value)
+    assert '\n' not in str(err.value)
+
+
 def test_check_finite_names_the_tensors():
     sd = {'a': torch.ones(3), 'b': torch.tensor([1., float('nan')]),
           'c': torch.tensor([float('inf')]), 'n': torch.tensor([1, 2])}

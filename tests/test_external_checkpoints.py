@@ -494,6 +494,26 @@ def test_timm_train_checkpoint_vit_without_ema(tmp_path, capsys):
         _assert_logits_equal(model(x), cls(x, mode='tensor'), tol=1e-8)
 
 
+def test_timm_hub_safetensors(tmp_path, capsys):
+    """timm's Hugging Face hub weights are ``model.safetensors`` (bare timm
+    state dicts): a timm ResNet-18 gets mmpretrain's standard config and
+    timm's logits."""
+    import timm
+    from safetensors.torch import save_file
+    model = _randomize_(timm.create_model('resnet18'), seed=24).eval()
+    src = str(tmp_path / 'model.safetensors')
+    save_file(model.state_dict(), src, metadata={'format': 'pt'})
+    dst = str(tmp_path / 'r18.pth')
+    assert _tool().main([src, dst]) == 0
+    assert 'torchvision-state-dict' in capsys.readouterr().out
+    ckpt = _converted(dst)
+    assert ckpt['meta']['config'] == R18_STANDARD
+    cls = _classifier(_config_model(R18_STANDARD), ckpt['state_dict'])
+    x = _images(2, IMG)
+    with torch.no_grad():
+        _assert_logits_equal(model(x), cls(x, mode='tensor'))
+
+
 # ---------------------------------------------------------------------------
 # the authors' ResNet-50: Lightning checkpoint, torchvision keys + BlurPool
 # ---------------------------------------------------------------------------
