@@ -85,7 +85,10 @@ def close_distributed() -> None:
     the whole job as failed.  Does nothing outside a distributed run.
     """
     if torch_dist.is_available() and torch_dist.is_initialized():
-        torch_dist.barrier()
+        if torch_dist.get_backend() == 'nccl':  # the rank's own GPU
+            torch_dist.barrier(device_ids=[torch.cuda.current_device()])
+        else:
+            torch_dist.barrier()
         torch_dist.destroy_process_group()
 
 
