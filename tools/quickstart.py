@@ -12,6 +12,8 @@ import os.path as osp
 import sys
 import warnings
 
+# the checkout's root: tools.quickstart_study lives in tools/, which is not
+# installed (maxsup_mm itself is imported as installed)
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 from tools.quickstart_study import StudySettings, run_study  # noqa: E402

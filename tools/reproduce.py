@@ -25,6 +25,8 @@ import shlex
 import sys
 from functools import partial
 
+# the checkout's root: tools.paper lives in tools/, which is not installed
+# (maxsup_mm itself is imported as installed)
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 sys.path.insert(0, ROOT)
 

@@ -16,15 +16,12 @@ no NaN/Inf); ``--non-strict`` loads what fits and warns.  ``--out``,
 import argparse
 import os
 import os.path as osp
-import sys
 
-sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
+from mmengine.config import DictAction
 
-from mmengine.config import DictAction  # noqa: E402
-
-from maxsup_mm.apis import close_distributed, evaluate_checkpoint  # noqa: E402
-from maxsup_mm.checkpoint import CheckpointError  # noqa: E402
-from maxsup_mm.fileio import atomic_write, exit_on_sigterm  # noqa: E402
+from maxsup_mm.apis import close_distributed, evaluate_checkpoint
+from maxsup_mm.checkpoint import CheckpointError
+from maxsup_mm.fileio import atomic_write, exit_on_sigterm
 
 PICKLE = ('.pkl', '.pickle')
 #: --out extensions of --out-item metrics -> mmengine.dump's file format

@@ -10,14 +10,11 @@ Examples::
 import argparse
 import os
 import os.path as osp
-import sys
 
-sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
+from mmengine.config import DictAction
 
-from mmengine.config import DictAction  # noqa: E402
-
-from maxsup_mm.apis import close_distributed, train_model  # noqa: E402
-from maxsup_mm.checkpoint import CheckpointError  # noqa: E402
+from maxsup_mm.apis import close_distributed, train_model
+from maxsup_mm.checkpoint import CheckpointError
 
 
 def parse_args(argv=None):

@@ -21,17 +21,12 @@ import argparse
 import copy
 import logging
 import os
-import os.path as osp
 import statistics
 import sys
 import tempfile
 import time
 
 import torch
-
-ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
 
 VARIANTS = {
     'CE (mmpretrain CrossEntropyLoss)':

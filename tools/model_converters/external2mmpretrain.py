@@ -22,13 +22,9 @@ The format is detected from the file's contents. Examples::
 The logic lives in :mod:`maxsup_mm.converters.external`.
 """
 import argparse
-import os.path as osp
 import sys
 
-ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-sys.path.insert(0, ROOT)
-
-from maxsup_mm.converters import (ConversionError,  # noqa: E402
+from maxsup_mm.converters import (ConversionError,
                                   convert_external_checkpoint)
 
 

@@ -12,15 +12,11 @@ Examples::
 The logic lives in :mod:`maxsup_mm.converters.mmpretrain2mmseg`.
 """
 import argparse
-import os.path as osp
 import sys
 
-ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-sys.path.insert(0, ROOT)
-
-from maxsup_mm.converters import (ConversionError,  # noqa: E402
+from maxsup_mm.converters import (ConversionError,
                                   convert_mmpretrain_to_mmseg)
-from maxsup_mm.fileio import exit_on_sigterm  # noqa: E402
+from maxsup_mm.fileio import exit_on_sigterm
 
 
 def parse_args(argv=None):
