@@ -8,7 +8,6 @@ The feature-extraction path is checked against mmpretrain's own
 ``predict`` / ``extract_feat``, and a tiny ViT checks the token path of
 Grad-CAM.
 """
-import importlib.util
 import json
 import os
 import os.path as osp
@@ -19,6 +18,8 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+
+from load_tool import load_tool  # tests/helpers
 
 # every test trains a ResNet first and runs the analysis tools: slow
 pytestmark = pytest.mark.slow
@@ -68,11 +69,7 @@ test_dataloader = val_dataloader
 
 
 def _load_tool(name):
-    spec = importlib.util.spec_from_file_location(
-        f'analysis_tool_{name}', osp.join(TOOLS, f'{name}.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool(f'analysis/{name}.py')
 
 
 def _is_png(path):

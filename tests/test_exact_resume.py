@@ -8,7 +8,6 @@ augmentation draws (main process or data workers) and the same model-side
 draws as the uninterrupted run, iteration by iteration, and train the same
 number of iterations.  mmengine's own loops are the negative control.
 """
-import logging
 import os.path as osp
 import random
 
@@ -21,6 +20,7 @@ from mmengine.runner import Runner
 from torch.utils.data import Dataset
 
 import maxsup_mm  # noqa: F401  (registers the loops and hooks)
+from log_capture import log_messages  # tests/helpers
 
 ITERS_PER_EPOCH = 6  # 24 samples, batch 4
 EPOCHS = 3
@@ -156,16 +156,6 @@ def test_iteration_loop_resumes_exactly(tmp_path, workers, persistent):
             assert value == full[it], (step, it)
 
 
-class _Messages(logging.Handler):
-
-    def __init__(self):
-        super().__init__()
-        self.messages = []
-
-    def emit(self, record):
-        self.messages.append(record.getMessage())
-
-
 def test_persistent_workers_resume_warns(tmp_path):
     """What a checkpoint cannot hold is said, not silently wrong."""
     from mmengine.logging import MMLogger
@@ -179,10 +169,6 @@ def test_persistent_workers_resume_warns(tmp_path):
                             'ExactResumeEpochBasedTrainLoop', workers=1,
                             persistent=True,
                             resume_from=osp.join(work, 'iter_8.pth'))
-    handler = _Messages()
-    MMLogger.get_current_instance().addHandler(handler)
-    try:
+    with log_messages(MMLogger.get_current_instance()) as messages:
         train(runner)
-    finally:
-        MMLogger.get_current_instance().removeHandler(handler)
-    assert any('persistent_workers=True' in m for m in handler.messages)
+    assert any('persistent_workers=True' in m for m in messages)

@@ -13,7 +13,6 @@ one.
 import argparse
 import contextlib
 import glob
-import importlib.util
 import os.path as osp
 import pathlib
 import sys
@@ -29,7 +28,10 @@ from maxsup_mm.converters import (ConversionError,
                                   convert_external_checkpoint,
                                   convert_mmpretrain_to_mmseg)
 from maxsup_mm.converters.mmpretrain2mmseg import read_config
+from load_tool import load_tool  # tests/helpers
 from malicious import write_malicious_checkpoint  # tests/helpers
+from random_weights import (max_diff, randomize_,  # tests/helpers
+                            seg_backbone)
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 DEIT_RELEASED = 'configs/released/deit-small_official_in1k.py'
@@ -77,40 +79,13 @@ def _blurpool_(mod):
             _blurpool_(child)
 
 
-def _randomize_(model, seed, img_size=IMG):
-    """Non-trivial values everywhere (norm scales, biases, tokens, BN
-    statistics), so that swapped or dropped tensors show."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            noise = torch.randn(p.shape, generator=g)
-            if name.endswith(('cls_token', 'pos_embed')):
-                p.copy_(0.5 * noise)
-            elif p.dim() > 1:
-                p.copy_(noise * p[0].numel() ** -0.5)
-            elif name.endswith('weight'):
-                p.copy_(1 + 0.2 * noise)
-            else:
-                p.copy_(0.1 * noise)
-    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
-    if bns:  # statistics of random data keep activations O(1)
-        for m in bns:
-            m.reset_running_stats()
-            m.momentum = None
-        model.train()
-        with torch.no_grad():
-            model(torch.randn(4, 3, img_size, img_size, generator=g))
-    model.eval()
-    return model
-
-
 def _tv_resnet(depth, blur, seed, num_classes=1000):
     import torchvision
     model = getattr(torchvision.models, f'resnet{depth}')(
         num_classes=num_classes)
     if blur:
         _blurpool_(model)
-    return _randomize_(model, seed)
+    return randomize_(model, seed)
 
 
 def _tv_features(model, x):
@@ -127,7 +102,7 @@ def _small_vit(seed, qkv_bias=True, num_classes=10):
     model = VisionTransformer(img_size=32, patch_size=8, embed_dim=128,
                               depth=2, num_heads=2, num_classes=num_classes,
                               qkv_bias=qkv_bias)
-    return _randomize_(model, seed)
+    return randomize_(model, seed)
 
 
 def _timm_block_outputs(model, x, indices):
@@ -209,13 +184,7 @@ def _deit_args():
 
 
 def _tool():
-    path = osp.join(ROOT, 'tools', 'model_converters',
-                    'external2mmpretrain.py')
-    spec = importlib.util.spec_from_file_location('external2mmpretrain',
-                                                  path)
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
-    return tool
+    return load_tool('model_converters/external2mmpretrain.py')
 
 
 def _converted(path):
@@ -240,23 +209,6 @@ def _config_model(config):
     if not config.startswith('mmpretrain::'):
         config = osp.join(ROOT, config)
     return read_config(config).model.to_dict()
-
-
-def _seg_backbone(config, **overrides):
-    from mmengine.model import revert_sync_batchnorm
-    import mmseg.models  # noqa: F401
-    from mmseg.registry import MODELS
-    cfg = read_config(config).model.backbone.to_dict()
-    cfg.update(overrides)
-    cfg['type'] = 'mmseg.' + cfg['type']
-    backbone = revert_sync_batchnorm(MODELS.build(cfg))
-    backbone.eval()
-    return backbone
-
-
-def _max_diff(outs_a, outs_b):
-    assert len(outs_a) == len(outs_b)
-    return max((a - b).abs().max().item() for a, b in zip(outs_a, outs_b))
 
 
 def _images(n, size, seed=0):
@@ -312,8 +264,8 @@ def test_blurpool_backbones_have_torchvision_keys(depth):
 @pytest.fixture(scope='module')
 def deit_small(tmp_path_factory):
     import timm
-    model = _randomize_(timm.create_model('deit_small_patch16_224'), seed=1)
-    ema = _randomize_(timm.create_model('deit_small_patch16_224'), seed=2)
+    model = randomize_(timm.create_model('deit_small_patch16_224'), seed=1)
+    ema = randomize_(timm.create_model('deit_small_patch16_224'), seed=2)
     path = tmp_path_factory.mktemp('deit') / 'checkpoint_deit.pth'
     torch.save({
         'model': model.state_dict(),
@@ -358,7 +310,7 @@ def test_deit_code_base_checkpoint_model_and_ema(deit_small, tmp_path,
     seg_dst = str(tmp_path / 'deit_mmseg.pth')
     convert_mmpretrain_to_mmseg(str(tmp_path / 'deit_True.pth'), seg_dst,
                                 config=UPERNET_DEIT, log=None)
-    seg = _seg_backbone(UPERNET_DEIT, img_size=(224, 224))
+    seg = seg_backbone(UPERNET_DEIT, img_size=(224, 224))
     result = seg.load_state_dict(_converted(seg_dst)['state_dict'],
                                  strict=True)
     assert not result.missing_keys and not result.unexpected_keys
@@ -368,7 +320,7 @@ def test_deit_code_base_checkpoint_model_and_ema(deit_small, tmp_path,
         got = seg(x)
     ema.float()
     assert len(got) == 4
-    assert _max_diff(want, got) < 1e-8
+    assert max_diff(want, got) < 1e-8
 
 
 def test_bare_timm_deit_small_uses_the_standard_config(deit_small,
@@ -419,7 +371,7 @@ def test_bare_timm_vit_without_a_config(tmp_path, qkv_bias, prefix):
         seg.load_state_dict(_converted(seg_dst)['state_dict'], strict=True)
         seg.eval()  # (mmseg's ViT.train returns None: no chaining)
         seg.double()
-        assert _max_diff(_timm_block_outputs(model, x, {0, 1}), seg(x)) \
+        assert max_diff(_timm_block_outputs(model, x, {0, 1}), seg(x)) \
             < 1e-8
 
 
@@ -448,8 +400,8 @@ def test_timm_train_checkpoint_resnet18_model_and_ema(tmp_path, capsys):
     """A timm-trained ResNet-18 (timm's own architecture as the oracle):
     "state_dict" by default, "state_dict_ema" with --ema."""
     import timm
-    model = _randomize_(timm.create_model('resnet18'), seed=21).eval()
-    ema = _randomize_(timm.create_model('resnet18'), seed=22).eval()
+    model = randomize_(timm.create_model('resnet18'), seed=21).eval()
+    ema = randomize_(timm.create_model('resnet18'), seed=22).eval()
     src = _timm_train_checkpoint(tmp_path / 'last.pth.tar', model, ema)
     tool = _tool()
     x = _images(2, IMG)
@@ -500,7 +452,7 @@ def test_timm_hub_safetensors(tmp_path, capsys):
     timm's logits."""
     import timm
     from safetensors.torch import save_file
-    model = _randomize_(timm.create_model('resnet18'), seed=24).eval()
+    model = randomize_(timm.create_model('resnet18'), seed=24).eval()
     src = str(tmp_path / 'model.safetensors')
     save_file(model.state_dict(), src, metadata={'format': 'pt'})
     dst = str(tmp_path / 'r18.pth')
@@ -556,12 +508,12 @@ def test_lightning_blurpool_resnet50(blur_r50, tmp_path, capsys):
     seg_dst = str(tmp_path / 'r50_mmseg.pth')
     convert_mmpretrain_to_mmseg(dst, seg_dst, config=UPERNET_R50_BLUR,
                                 log=None)
-    seg = _seg_backbone(UPERNET_R50_BLUR)
+    seg = seg_backbone(UPERNET_R50_BLUR)
     result = seg.load_state_dict(_converted(seg_dst)['state_dict'],
                                  strict=True)
     assert not result.missing_keys and not result.unexpected_keys
     with torch.no_grad():
-        assert _max_diff(_tv_features(model, x), seg(x)) < 1e-4
+        assert max_diff(_tv_features(model, x), seg(x)) < 1e-4
     # never onto a plain mmseg ResNet (the same weights without the blur)
     with pytest.raises(ConversionError, match='BlurPool ResNet .* is a '
                        'ResNet$'):
@@ -578,10 +530,7 @@ def test_released_resnet50_config_runs_in_tools_test(blur_r50, imagenet_root,
     src, _ = blur_r50
     dst = str(tmp_path / 'r50.pth')
     convert_external_checkpoint(src, dst, log=None)
-    spec = importlib.util.spec_from_file_location(
-        'tools_test', osp.join(ROOT, 'tools', 'test.py'))
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = load_tool('test.py')
     out, work = str(tmp_path / 'metrics.json'), str(tmp_path / 'work')
     tool.main([osp.join(ROOT, R50_RELEASED), dst, '--work-dir', work,
                '--out', out, '--cfg-options',
@@ -613,10 +562,10 @@ def test_bare_blurpool_resnet18_with_module_prefix(tmp_path):
     seg_dst = str(tmp_path / 'seg.pth')
     report = convert_mmpretrain_to_mmseg(dst, seg_dst, log=None)
     assert report['architecture']['type'] == 'ResNetBlurPool'
-    seg = _seg_backbone(UPERNET_R50_BLUR, depth=18)
+    seg = seg_backbone(UPERNET_R50_BLUR, depth=18)
     seg.load_state_dict(_converted(seg_dst)['state_dict'], strict=True)
     with torch.no_grad():
-        assert _max_diff(_tv_features(model, x), seg(x)) < 1e-4
+        assert max_diff(_tv_features(model, x), seg(x)) < 1e-4
 
 
 def test_lightning_drops_tensors_outside_the_network(tmp_path, capsys):

@@ -1,6 +1,5 @@
 """Hooks and distributed statistics, checked against closed-form answers."""
 import io
-import logging
 import os
 import subprocess
 import sys
@@ -20,6 +19,7 @@ from maxsup_mm.engine.hooks import (AlphaScheduleHook, NonFiniteLossError,
                                     encode_safe, scheduled_alpha)
 from maxsup_mm.models.losses import (LabelSmoothDecompLoss, MaxSupLoss,
                                      OnlineLabelSmoothLoss)
+from log_capture import log_messages  # tests/helpers
 
 
 @pytest.mark.parametrize('t, expected', [(0, 0.1), (150, 0.15), (300, 0.2),
@@ -123,17 +123,6 @@ def test_alpha_schedule_resumed_mid_schedule_continues_it():
     assert values[5] == pytest.approx(0.2)
 
 
-class _Messages(logging.Handler):
-    """Collects the messages of a logger."""
-
-    def __init__(self):
-        super().__init__()
-        self.messages = []
-
-    def emit(self, record):
-        self.messages.append(record.getMessage())
-
-
 def test_alpha_schedule_by_epoch_follows_iterations_of_iter_loop():
     """On an iteration-based loop (every mmseg config) mmengine reports
     max_epochs=1: by_epoch=True follows the iterations and says so once."""
@@ -148,18 +137,16 @@ def test_alpha_schedule_by_epoch_follows_iterations_of_iter_loop():
     runner = _Runner(model, epoch=0, max_epochs=1, iters_per_epoch=9,
                      train_loop=_IterLoop())
     logger = MMLogger.get_instance('alpha-iter-test')  # the current logger
-    handler = _Messages()
-    logger.addHandler(handler)
-    hook = AlphaScheduleHook(start=0.1, end=0.2)  # by_epoch=True
-    hook.before_train(runner)
-    alphas = []
-    for it in range(9):
-        runner.iter = it
-        hook.before_train_iter(runner, it)
-        alphas.append(model['a'].alpha)
-    logger.removeHandler(handler)
+    with log_messages(logger) as messages:
+        hook = AlphaScheduleHook(start=0.1, end=0.2)  # by_epoch=True
+        hook.before_train(runner)
+        alphas = []
+        for it in range(9):
+            runner.iter = it
+            hook.before_train_iter(runner, it)
+            alphas.append(model['a'].alpha)
     np.testing.assert_allclose(alphas, 0.1 + 0.1 * np.arange(9) / 8)
-    assert sum('follows the iterations' in m for m in handler.messages) == 1
+    assert sum('follows the iterations' in m for m in messages) == 1
 
 
 def test_alpha_schedule_hook_without_losses_fails_clearly():

@@ -9,7 +9,6 @@ CIFAR-10 read from the pickles and resized with PIL for the probe features;
 the paper's numbers as printed in the paper (and the authors' README for
 Table 3).
 """
-import importlib.util
 import json
 import os.path as osp
 import pickle
@@ -21,6 +20,7 @@ import pytest
 import torch
 
 from cifar_md5_off import switch_off_cifar10_md5  # tests/helpers
+from load_tool import load_tool  # tests/helpers
 from malicious import write_malicious_checkpoint  # tests/helpers
 from maxsup_mm.analysis import class_separation, linear_probe
 from maxsup_mm.checkpoint import load_checkpoint
@@ -149,10 +149,7 @@ def _save_tv(tmp, seed):
 
 
 def _tool():
-    spec = importlib.util.spec_from_file_location('reproduce_tool', TOOL)
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
-    return tool
+    return load_tool('reproduce.py')
 
 
 def _common(w, work):

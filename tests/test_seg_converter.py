@@ -5,7 +5,6 @@ PyTorch's strict ``load_state_dict`` (no missing / unexpected keys) and
 ``F.interpolate`` for the resized position embedding.
 """
 import glob
-import importlib.util
 import os
 import os.path as osp
 
@@ -15,7 +14,10 @@ import torch.nn.functional as F
 
 from maxsup_mm.converters import ConversionError, convert_mmpretrain_to_mmseg
 from maxsup_mm.converters.mmpretrain2mmseg import read_config
+from load_tool import load_tool  # tests/helpers
 from malicious import write_malicious_checkpoint  # tests/helpers
+from random_weights import (max_diff, randomize_,  # tests/helpers
+                            seg_backbone)
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 UPERNET = osp.join(ROOT, 'configs', 'upernet')
@@ -29,32 +31,6 @@ IMG = 64  # DeiT pretraining resolution in these tests (4x4 patches)
 # ---------------------------------------------------------------------------
 # helpers: random mmpretrain classifiers saved as the Runner saves them
 # ---------------------------------------------------------------------------
-def _randomize_(model, seed):
-    """Non-trivial values everywhere, so swapped or dropped tensors show."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            noise = torch.randn(p.shape, generator=g)
-            if name.endswith(('cls_token', 'pos_embed')):
-                p.copy_(0.5 * noise)
-            elif p.dim() > 1:
-                p.copy_(noise * p[0].numel() ** -0.5)
-            elif name.endswith('weight'):  # norm scales
-                p.copy_(1 + 0.2 * noise)
-            else:
-                p.copy_(0.1 * noise)
-    bns = [m for m in model.modules()
-           if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    if bns:  # running statistics of random data keep activations O(1)
-        for m in bns:
-            m.reset_running_stats()
-            m.momentum = None
-        model.train()
-        with torch.no_grad():
-            model(torch.randn(4, 3, IMG, IMG, generator=g))
-    model.eval()
-
-
 def _classifier(backbone, in_channels, neck=True):
     from mmpretrain.registry import MODELS
     import mmpretrain.models  # noqa: F401
@@ -80,7 +56,7 @@ DEIT_BACKBONE = dict(type='mmpretrain.VisionTransformer', arch='deit-small',
 @pytest.fixture(scope='module')
 def deit_ckpt(tmp_path_factory):
     model = _classifier(dict(DEIT_BACKBONE), 384, neck=False)
-    _randomize_(model.backbone, seed=1)
+    randomize_(model.backbone, seed=1)
     path = _save(model, tmp_path_factory.mktemp('deit') / 'deit.pth')
     return path, model.backbone.state_dict()
 
@@ -90,23 +66,10 @@ def resnet_ckpts(tmp_path_factory):
     out = {}
     for i, kind in enumerate(('ResNet', 'ResNetV1c', 'ResNetV1d')):
         model = _classifier(dict(type=f'mmpretrain.{kind}', depth=50), 2048)
-        _randomize_(model.backbone, seed=10 + i)
+        randomize_(model.backbone, seed=10 + i)
         path = _save(model, tmp_path_factory.mktemp(kind) / f'{kind}.pth')
         out[kind] = (path, model.backbone.state_dict())
     return out
-
-
-def _seg_backbone(config, **overrides):
-    """The mmseg backbone a seg config builds (SyncBN reverted, as on CPU)."""
-    from mmengine.model import revert_sync_batchnorm
-    import mmseg.models  # noqa: F401
-    from mmseg.registry import MODELS
-    cfg = read_config(config).model.backbone.to_dict()
-    cfg.update(overrides)
-    cfg['type'] = 'mmseg.' + cfg['type']
-    backbone = revert_sync_batchnorm(MODELS.build(cfg))
-    backbone.eval()  # (mmseg's ViT.train returns None: no chaining)
-    return backbone
 
 
 def _mmpretrain_backbone(cfg, state_dict, out_indices, **extra):
@@ -121,15 +84,6 @@ def _converted(path):
     ckpt = torch.load(path, map_location='cpu', weights_only=True)
     assert set(ckpt) == {'state_dict', 'meta'}
     return ckpt['state_dict']
-
-
-def _max_diff(outs_a, outs_b):
-    assert len(outs_a) == len(outs_b)
-    diffs = []
-    for a, b in zip(outs_a, outs_b):
-        assert a.shape == b.shape
-        diffs.append((a - b).abs().max().item())
-    return max(diffs)
 
 
 # ---------------------------------------------------------------------------
@@ -148,7 +102,7 @@ def test_deit_small_strict_load_and_same_features(deit_ckpt, tmp_path,
     assert report['num_tensors'] == len(state) == len(source_sd)
 
     # the backbone of the Table 6 config (img_size = pretraining size here)
-    seg = _seg_backbone(DEIT_CFG, img_size=(IMG, IMG))
+    seg = seg_backbone(DEIT_CFG, img_size=(IMG, IMG))
     result = seg.load_state_dict(state, strict=True)
     assert not result.missing_keys and not result.unexpected_keys
 
@@ -162,7 +116,7 @@ def test_deit_small_strict_load_and_same_features(deit_ckpt, tmp_path,
     with torch.no_grad():
         want, got = cls(x.double()), seg(x.double())
     assert len(got) == 4  # out_indices (2, 5, 8, 11) of the config
-    assert _max_diff(want, got) < 1e-5
+    assert max_diff(want, got) < 1e-5
     # not trivially equal: the four levels differ from each other
     assert (got[0] - got[3]).abs().max() > 1e-2
 
@@ -198,11 +152,11 @@ def test_deit_config_loads_converted_file(deit_ckpt, tmp_path):
 
 def test_qkv_without_bias_gets_exact_zero_bias(tmp_path):
     model = _classifier(dict(DEIT_BACKBONE, qkv_bias=False), 384, neck=False)
-    _randomize_(model.backbone, seed=3)
+    randomize_(model.backbone, seed=3)
     src = _save(model, tmp_path / 'nobias.pth')
     dst = str(tmp_path / 'out.pth')
     convert_mmpretrain_to_mmseg(src, dst, log=None)
-    seg = _seg_backbone(DEIT_CFG, img_size=(IMG, IMG))
+    seg = seg_backbone(DEIT_CFG, img_size=(IMG, IMG))
     seg.load_state_dict(_converted(dst), strict=True)
     cls = _mmpretrain_backbone(dict(DEIT_BACKBONE, qkv_bias=False),
                                model.backbone.state_dict(),
@@ -211,7 +165,7 @@ def test_qkv_without_bias_gets_exact_zero_bias(tmp_path):
     x = torch.randn(1, 3, IMG, IMG, dtype=torch.float64)
     cls.double(), seg.double()
     with torch.no_grad():
-        assert _max_diff(cls(x), seg(x)) < 1e-5
+        assert max_diff(cls(x), seg(x)) < 1e-5
 
 
 # ---------------------------------------------------------------------------
@@ -230,7 +184,7 @@ def test_resnet50_strict_load_and_same_features(resnet_ckpts, tmp_path, kind,
     report = convert_mmpretrain_to_mmseg(src, dst, log=None)
     assert report['architecture']['type'] == kind
     state = _converted(dst)
-    seg = _seg_backbone(config, **overrides)
+    seg = seg_backbone(config, **overrides)
     result = seg.load_state_dict(state, strict=True)
     assert not result.missing_keys and not result.unexpected_keys
     cls = _mmpretrain_backbone(dict(type=f'mmpretrain.{kind}', depth=50),
@@ -239,7 +193,7 @@ def test_resnet50_strict_load_and_same_features(resnet_ckpts, tmp_path, kind,
     with torch.no_grad():
         want, got = cls(x), seg(x)
     assert len(got) == 4
-    assert _max_diff(want, got) < 1e-5
+    assert max_diff(want, got) < 1e-5
 
 
 def test_r50_config_loads_converted_file(resnet_ckpts, tmp_path):
@@ -377,10 +331,7 @@ def test_failure_while_writing_leaves_no_partial_dst(deit_ckpt, tmp_path,
 
 
 def test_command_line(deit_ckpt, tmp_path, capsys):
-    path = osp.join(ROOT, 'tools', 'model_converters', 'mmpretrain2mmseg.py')
-    spec = importlib.util.spec_from_file_location('mmpretrain2mmseg', path)
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = load_tool('model_converters/mmpretrain2mmseg.py')
     src, _ = deit_ckpt
     dst = str(tmp_path / 'cli.pth')
     assert tool.main([src, dst, '--config', DEIT_CFG]) == 0
@@ -461,11 +412,7 @@ def test_non_finite_weights_are_refused(deit_ckpt, tmp_path, capsys):
     with pytest.raises(ConversionError, match=r'2 tensor\(s\) hold NaN or '
                        rf'infinity .*: {qkv}, head.layers.head.bias'):
         convert_mmpretrain_to_mmseg(bad, dst, log=None)
-    path = osp.join(ROOT, 'tools', 'model_converters', 'mmpretrain2mmseg.py')
-    spec = importlib.util.spec_from_file_location('mmpretrain2mmseg_nan',
-                                                  path)
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = load_tool('model_converters/mmpretrain2mmseg.py')
     assert tool.main([bad, dst]) == 1
     assert qkv in capsys.readouterr().err
     _assert_nothing_written(str(tmp_path), dst)

@@ -19,7 +19,6 @@ predictions), torch's own strict ``load_state_dict`` semantics (which keys a
 model has), the file system.
 """
 import glob
-import importlib.util
 import json
 import os
 import os.path as osp
@@ -35,6 +34,7 @@ import numpy as np
 import pytest
 import torch
 
+from load_tool import load_tool  # tests/helpers
 from malicious import write_malicious_checkpoint  # tests/helpers
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
@@ -86,15 +86,6 @@ def _env(**extra):
 def _run(args, timeout=600, **env):
     return subprocess.run([sys.executable, *args], cwd=ROOT, env=_env(**env),
                           capture_output=True, text=True, timeout=timeout)
-
-
-def _load_tool(rel):
-    path = osp.join(ROOT, 'tools', rel)
-    spec = importlib.util.spec_from_file_location(
-        'tool_' + rel.replace('/', '_')[:-3], path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _write(path, text):
@@ -157,7 +148,7 @@ def _test_tool(*argv):
     name = f'tools_test_{time.time_ns()}'
     argv[at:at] = [f'experiment_name={name}', f'visualizer.name={name}',
                    'log_level=WARNING']
-    return _load_tool('test.py').main(argv)
+    return load_tool('test.py').main(argv)
 
 
 # ---------------------------------------------------------------------------
@@ -193,7 +184,7 @@ def test_train_resumes_a_plain_runner_checkpoint(plain, tmp_path):
 @pytest.mark.slow
 def test_converter_converts_a_plain_runner_checkpoint(plain, state_dict,
                                                       tmp_path):
-    tool = _load_tool('model_converters/mmpretrain2mmseg.py')
+    tool = load_tool('model_converters/mmpretrain2mmseg.py')
     dst = str(tmp_path / 'backbone.pth')
     old = os.umask(0o022)
     try:
@@ -212,10 +203,10 @@ def test_converter_converts_a_plain_runner_checkpoint(plain, state_dict,
 @pytest.mark.slow
 def test_analysis_tools_read_a_plain_runner_checkpoint(plain, tmp_path):
     out = str(tmp_path / 'feats.npz')
-    feats = _load_tool('analysis/extract_features.py').main(
+    feats = load_tool('analysis/extract_features.py').main(
         [plain.cfg, plain.ckpt, '--out', out, '--device', 'cpu', '--quiet'])
     assert feats['features'].shape == (16, 128)
-    report = _load_tool('analysis/class_separation.py').main(
+    report = load_tool('analysis/class_separation.py').main(
         [plain.cfg, plain.ckpt, '--out', str(tmp_path / 'sep'), '--device',
          'cpu', '--quiet', '--cache-dir', str(tmp_path / 'cache')])
     assert osp.isfile(report)
@@ -256,7 +247,7 @@ def test_every_analysis_tool_refuses_a_malicious_checkpoint(
         [plain.cfg, evil.path]
     out = str(tmp_path / ('f.npz' if tool == 'extract_features' else 'o'))
     with pytest.raises(SystemExit) as exc:
-        _load_tool(f'analysis/{tool}.py').main(
+        load_tool(f'analysis/{tool}.py').main(
             run + ['--out', out, '--device', 'cpu', '--quiet'])
     message = str(exc.value.code)
     assert 'error:' in message and 'builtins.exec' in message
@@ -424,7 +415,7 @@ def test_extract_features_out_is_rewritten_for_another_checkpoint(
     sd['head.fc.weight'] = sd['head.fc.weight'] * -2.0
     other = str(tmp_path / 'other.pth')
     torch.save({'state_dict': sd}, other)
-    tool = _load_tool('analysis/extract_features.py')
+    tool = load_tool('analysis/extract_features.py')
     out = str(tmp_path / 'features.npz')
     first = tool.main([plain.cfg, plain.ckpt, '--out', out, '--quiet',
                        '--device', 'cpu'])
@@ -491,7 +482,7 @@ def test_feature_cache_and_report_do_not_follow_symlinks(plain, tmp_path):
     with open(victim, 'w') as f:
         f.write('keep')
     os.symlink(victim, out + '.tmp.npz')
-    _load_tool('analysis/extract_features.py').main(
+    load_tool('analysis/extract_features.py').main(
         [plain.cfg, plain.ckpt, '--out', out, '--device', 'cpu', '--quiet'])
     assert open(victim, 'rb').read() == b'keep'
     report_dir = tmp_path / 'report'
@@ -505,7 +496,7 @@ def test_feature_cache_and_report_do_not_follow_symlinks(plain, tmp_path):
             f.write('keep')
         os.symlink(target, str(report_dir / name))
         victims.append(target)
-    _load_tool('analysis/calibration.py').main(
+    load_tool('analysis/calibration.py').main(
         [plain.cfg, plain.ckpt, '--out', str(report_dir), '--device', 'cpu',
          '--quiet', '--cache-dir', str(tmp_path / 'cache')])
     for victim in victims:
@@ -582,7 +573,7 @@ def test_linear_probe_on_a_small_split():
 
 @pytest.mark.slow
 def test_linear_probe_tool_holdout(plain, tmp_path):
-    report = _load_tool('analysis/linear_probe.py').main(
+    report = load_tool('analysis/linear_probe.py').main(
         [plain.cfg, plain.ckpt, '--out', str(tmp_path / 'p'), '--device',
          'cpu', '--quiet', '--holdout', '0.5', '--cache-dir',
          str(tmp_path / 'c')])

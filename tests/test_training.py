@@ -11,6 +11,8 @@ import sys
 import pytest
 import torch
 
+from load_tool import load_tool  # tests/helpers
+
 # every test trains or runs a tool in a subprocess (minutes): slow
 pytestmark = pytest.mark.slow
 
@@ -356,15 +358,6 @@ def test_dist_nan_on_one_rank_stops_every_rank_before_checkpoint(
         assert 'epoch_1.pth' in line, line
 
 
-def _load_tool(name):
-    import importlib.util
-    spec = importlib.util.spec_from_file_location(
-        f'_tool_{name}', osp.join(ROOT, 'tools', f'{name}.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_train_and_test_tools_end_their_process_group(imagenet_root, tmp_path,
                                                       monkeypatch):
     """A gloo group left to the interpreter's exit can abort a rank whose
@@ -380,10 +373,10 @@ def test_train_and_test_tools_end_their_process_group(imagenet_root, tmp_path,
                     "param_scheduler = dict(T_max=1)\n")
     work = str(tmp_path / 'work')
     try:
-        _load_tool('train').main([cfg, '--work-dir', work,
+        load_tool('train.py').main([cfg, '--work-dir', work,
                                   '--launcher', 'pytorch'])
         assert not dist.is_initialized()
-        metrics = _load_tool('test').main(
+        metrics = load_tool('test.py').main(
             [cfg, osp.join(work, 'epoch_1.pth'), '--work-dir',
              str(tmp_path / 'test'), '--launcher', 'pytorch'])
         assert not dist.is_initialized()
