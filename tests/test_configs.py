@@ -22,6 +22,8 @@ import numpy as np
 import pytest
 import torch
 
+from flat_dict import flatten  # tests/helpers
+
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 CONFIG_DIR = osp.join(ROOT, 'configs')
 SKIP_DIRS = ('_base_', 'upernet', 'quickstart', 'released')
@@ -258,16 +260,6 @@ SIBLINGS['table8'] = [
     'ablation/deit-small_8xb128-nomix-maxsup_in1k.py',
     'alpha_schedule/deit-small_8xb128-nomix-ls-sched_in1k.py',
     'alpha_schedule/deit-small_8xb128-nomix-maxsup-sched_in1k.py']
-
-
-def flatten(obj, prefix=''):
-    """``{'a.b.c': leaf}`` for nested dicts (lists of dicts are leaves)."""
-    if isinstance(obj, dict):
-        out = {}
-        for key, value in obj.items():
-            out.update(flatten(value, f'{prefix}.{key}' if prefix else key))
-        return out
-    return {prefix: obj}
 
 
 def non_method_differences(base: dict, other: dict):

@@ -28,6 +28,7 @@ from maxsup_mm.converters import (ConversionError,
                                   convert_external_checkpoint,
                                   convert_mmpretrain_to_mmseg)
 from maxsup_mm.converters.mmpretrain2mmseg import read_config
+from flat_dict import flatten  # tests/helpers
 from load_tool import load_tool  # tests/helpers
 from malicious import write_malicious_checkpoint  # tests/helpers
 from random_weights import (max_diff, randomize_,  # tests/helpers
@@ -840,19 +841,9 @@ def test_resnet50_config_evaluates_like_ffcv(tmp_path):
     assert ffcv_center_crop_box(375, 500, 224 / 256) == (23, 86, 328)
 
 
-def _flat(cfg, prefix=''):
-    out = {}
-    for key, value in cfg.items():
-        if isinstance(value, dict):
-            out.update(_flat(value, f'{prefix}{key}.'))
-        else:
-            out[f'{prefix}{key}'] = value
-    return out
-
-
 def test_blurpool_upernet_differs_from_the_r50_recipe_only_in_the_backbone():
-    base = _flat(read_config(UPERNET_R50).to_dict())
-    blur = _flat(read_config(UPERNET_R50_BLUR).to_dict())
+    base = flatten(read_config(UPERNET_R50).to_dict())
+    blur = flatten(read_config(UPERNET_R50_BLUR).to_dict())
     diff = {k for k in set(base) | set(blur) if base.get(k) != blur.get(k)}
     assert diff == {'model.backbone.type', 'model.pretrained',
                     'custom_imports.imports',

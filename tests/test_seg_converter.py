@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 from maxsup_mm.converters import ConversionError, convert_mmpretrain_to_mmseg
 from maxsup_mm.converters.mmpretrain2mmseg import read_config
+from flat_dict import flatten  # tests/helpers
 from load_tool import load_tool  # tests/helpers
 from malicious import write_malicious_checkpoint  # tests/helpers
 from random_weights import (max_diff, randomize_,  # tests/helpers
@@ -347,23 +348,13 @@ def test_command_line(deit_ckpt, tmp_path, capsys):
 # ---------------------------------------------------------------------------
 # the configs: Table 6 siblings differ only in the pretrained checkpoint
 # ---------------------------------------------------------------------------
-def _flat(cfg, prefix=''):
-    out = {}
-    for key, value in cfg.items():
-        if isinstance(value, dict):
-            out.update(_flat(value, f'{prefix}{key}.'))
-        else:
-            out[f'{prefix}{key}'] = value
-    return out
-
-
 @pytest.mark.parametrize('family', ['deit-s16', 'r50'])
 def test_upernet_siblings_differ_only_in_the_checkpoint(family):
     paths = sorted(p for p in glob.glob(osp.join(
         UPERNET, f'upernet_{family}_*-pre_*.py')) if '-loss_' not in p)
     names = [osp.basename(p).split('_')[2] for p in paths]
     assert names == ['ce-pre', 'ls-pre', 'maxsup-pre']
-    flat = [_flat(read_config(p).to_dict()) for p in paths]
+    flat = [flatten(read_config(p).to_dict()) for p in paths]
     for method, cfg in zip(('ce', 'ls', 'maxsup'), flat):
         assert cfg['model.pretrained'].endswith(f'_{method}_mmseg.pth')
         assert cfg['model.decode_head.loss_decode.type'] == 'CrossEntropyLoss'
