@@ -19,6 +19,8 @@ import pytest
 import torch
 from PIL import Image
 
+from child_config import (CUSTOM_IMPORTS,  # tests/helpers
+                          RESNET18_CIFAR_PLAIN, write_child_config)
 from load_tool import load_tool  # tests/helpers
 
 # every test trains a ResNet first and runs the analysis tools: slow
@@ -27,28 +29,9 @@ pytestmark = pytest.mark.slow
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 TOOLS = osp.join(ROOT, 'tools', 'analysis')
 
-RESNET_CFG = """
-_base_ = 'mmpretrain::resnet/resnet18_8xb32_in1k.py'
-custom_imports = dict(imports=['maxsup_mm'], allow_failed_imports=False)
-data_root = {root!r}
-model = dict(
-    backbone=dict(type='ResNet_CIFAR', depth=18, stem_channels=16,
-                  base_channels=16),
-    head=dict(num_classes=4, in_channels=128, topk=(1, ),
-              loss=dict(type='MaxSupLoss', alpha=0.1)))
-data_preprocessor = dict(num_classes=4)
-pipeline = [dict(type='LoadImageFromFile'), dict(type='PackInputs')]
-train_dataloader = dict(batch_size=8, num_workers=0, persistent_workers=False,
-                        dataset=dict(data_root=data_root, pipeline=pipeline))
-val_dataloader = dict(batch_size=8, num_workers=0, persistent_workers=False,
-                      dataset=dict(data_root=data_root, pipeline=pipeline))
-test_dataloader = val_dataloader
-val_evaluator = dict(type='Accuracy', topk=(1, ))
-test_evaluator = val_evaluator
-train_cfg = dict(max_epochs=1, val_interval=1)
-optim_wrapper = dict(optimizer=dict(lr=0.05))
-default_hooks = dict(logger=dict(interval=1))
-"""
+#: the tests' 4-class CIFAR-stem ResNet-18, trained with MaxSup
+RESNET_EXTRA = CUSTOM_IMPORTS + (
+    "model = dict(head=dict(loss=dict(type='MaxSupLoss', alpha=0.1)))\n")
 
 VIT_CFG = """
 _base_ = 'mmpretrain::deit/deit-small_4xb256_in1k.py'
@@ -81,8 +64,9 @@ def _is_png(path):
 def resnet_run(imagenet_root, tmp_path_factory):
     """(config path, checkpoint) of a CIFAR-stem ResNet-18 trained 1 epoch."""
     work = tmp_path_factory.mktemp('analysis_resnet')
-    cfg = work / 'tiny_resnet18_maxsup.py'
-    cfg.write_text(RESNET_CFG.format(root=imagenet_root))
+    cfg = write_child_config(work / 'tiny_resnet18_maxsup.py',
+                             RESNET18_CIFAR_PLAIN, imagenet_root,
+                             RESNET_EXTRA)
     env = dict(os.environ, OMP_NUM_THREADS='2',
                PYTHONPATH=os.pathsep.join(
                    [ROOT] + [p for p in [os.environ.get('PYTHONPATH')] if p]))

@@ -10,21 +10,14 @@ import torch
 
 from maxsup_mm.analysis import expected_calibration_error
 from maxsup_mm.evaluation import ExpectedCalibrationError
+from child_config import (CUSTOM_IMPORTS,  # tests/helpers
+                          RESNET18_CIFAR_PLAIN, write_child_config)
 
-TINY_CFG = """
-_base_ = 'mmpretrain::resnet/resnet18_8xb32_in1k.py'
-custom_imports = dict(imports=['maxsup_mm'], allow_failed_imports=False)
-model = dict(
-    backbone=dict(type='ResNet_CIFAR', depth=18, stem_channels=16,
-                  base_channels=16),
-    head=dict(num_classes=4, in_channels=128, topk=(1, )))
-data_preprocessor = dict(num_classes=4)
-pipeline = [dict(type='LoadImageFromFile'), dict(type='PackInputs')]
-val_dataloader = dict(batch_size=5, num_workers=0, persistent_workers=False,
-                      dataset=dict(data_root={root!r}, pipeline=pipeline))
+#: the tests' 4-class CIFAR-stem ResNet-18, batches of 5, with our ECE
+TINY_EXTRA = CUSTOM_IMPORTS + """
+val_dataloader = dict(batch_size=5, dataset=dict(data_root=data_root))
 val_evaluator = [dict(type='Accuracy', topk=(1, )),
                  dict(type='ExpectedCalibrationError', n_bins=15)]
-default_hooks = dict(logger=dict(interval=1))
 """
 
 
@@ -99,9 +92,9 @@ def test_ece_in_an_mmpretrain_validation_loop(imagenet_root, tmp_path):
     from mmengine.config import Config
     from mmengine.dataset import pseudo_collate
     from mmengine.runner import Runner
-    cfg_path = tmp_path / 'tiny.py'
-    cfg_path.write_text(TINY_CFG.format(root=imagenet_root))
-    cfg = Config.fromfile(str(cfg_path))
+    cfg = Config.fromfile(write_child_config(
+        tmp_path / 'tiny.py', RESNET18_CIFAR_PLAIN, imagenet_root,
+        TINY_EXTRA))
     cfg.work_dir = str(tmp_path / 'work')
     cfg.val_cfg = dict()
     for key in ('train_dataloader', 'train_cfg', 'optim_wrapper',

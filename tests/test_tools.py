@@ -34,6 +34,8 @@ import numpy as np
 import pytest
 import torch
 
+from child_config import (RESNET18_CIFAR_PLAIN,  # tests/helpers
+                          write_child_config)
 from load_tool import load_tool  # tests/helpers
 from malicious import write_malicious_checkpoint  # tests/helpers
 
@@ -43,28 +45,6 @@ SEG_CFG = osp.join(ROOT, 'configs', 'quickstart',
 ANALYSIS_TOOLS = ('calibration', 'class_separation', 'compare',
                   'extract_features', 'feature_projection', 'gradcam',
                   'linear_probe', 'logit_stats')
-
-#: an upstream mmpretrain config: no custom_imports, no maxsup_mm hook
-PLAIN_CFG = """
-_base_ = 'mmpretrain::resnet/resnet18_8xb32_in1k.py'
-data_root = {root!r}
-model = dict(
-    backbone=dict(type='ResNet_CIFAR', depth=18, stem_channels=16,
-                  base_channels=16),
-    head=dict(num_classes=4, in_channels=128, topk=(1, )))
-data_preprocessor = dict(num_classes=4)
-pipeline = [dict(type='LoadImageFromFile'), dict(type='PackInputs')]
-train_dataloader = dict(batch_size=8, num_workers=0, persistent_workers=False,
-                        dataset=dict(data_root=data_root, pipeline=pipeline))
-val_dataloader = dict(batch_size=8, num_workers=0, persistent_workers=False,
-                      dataset=dict(data_root=data_root, pipeline=pipeline))
-test_dataloader = val_dataloader
-val_evaluator = dict(type='Accuracy', topk=(1, ))
-test_evaluator = val_evaluator
-train_cfg = dict(max_epochs=1, val_interval=1)
-optim_wrapper = dict(optimizer=dict(lr=0.05))
-default_hooks = dict(logger=dict(interval=1))
-"""
 
 #: mmengine's Runner, exactly as a user of mmpretrain alone would start it
 TRAIN_PLAIN = """
@@ -102,8 +82,9 @@ def _last_line(text):
 @pytest.fixture(scope='module')
 def plain(imagenet_root, tmp_path_factory):
     tmp = tmp_path_factory.mktemp('plain')
-    cfg = _write(tmp / 'plain_resnet18_cifar.py',
-                 PLAIN_CFG.format(root=imagenet_root))
+    # an upstream mmpretrain config: no custom_imports, no maxsup_mm hook
+    cfg = write_child_config(tmp / 'plain_resnet18_cifar.py',
+                             RESNET18_CIFAR_PLAIN, imagenet_root)
     work = str(tmp / 'work')
     proc = _run(['-c', TRAIN_PLAIN, cfg, work])
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]

@@ -11,25 +11,21 @@ import sys
 import pytest
 import torch
 
+from child_config import (RESNET18_MAXSUP_TINY,  # tests/helpers
+                          write_child_config)
 from load_tool import load_tool  # tests/helpers
 
 # every test trains or runs a tool in a subprocess (minutes): slow
 pytestmark = pytest.mark.slow
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
-CFG = osp.join(ROOT, 'tests', 'data', 'configs', 'resnet18_maxsup_tiny.py')
+CFG = RESNET18_MAXSUP_TINY
 HELPERS = osp.join(ROOT, 'tests', 'helpers')  # fault-injection hooks
 ITERS_PER_EPOCH = 8  # 32 training images, batch 4
 
 
 def write_cfg(path, data_root, extra=''):
-    with open(path, 'w') as f:
-        f.write(f"_base_ = {CFG!r}\n"
-                f"data_root = {data_root!r}\n"
-                "train_dataloader = dict(dataset=dict(data_root=data_root))\n"
-                "val_dataloader = dict(dataset=dict(data_root=data_root))\n"
-                "test_dataloader = val_dataloader\n" + extra)
-    return str(path)
+    return write_child_config(path, CFG, data_root, extra)
 
 
 def free_port():

@@ -2,13 +2,10 @@
 tests' ResNet-18 MaxSup recipe (tests/data/configs/resnet18_maxsup_tiny.py,
 Mixup/CutMix, alpha schedule) with a one-convolution backbone, so that a
 few training iterations (also under ``compile=True``) take seconds."""
-import os.path as osp
-
 import torch.nn as nn
 from mmengine.model import BaseModule
 
-ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-CFG = osp.join(ROOT, 'tests', 'data', 'configs', 'resnet18_maxsup_tiny.py')
+from child_config import RESNET18_MAXSUP_TINY as CFG
 
 
 def _register():
