@@ -1,31 +1,47 @@
 """The one atomic-write helper of maxsup_mm.
 
-A result file (report, metrics, split, feature cache, converted checkpoint)
-is either complete or absent: it is written to a *unique* temporary file in
-the target's folder (``tempfile.mkstemp``: never a fixed name that a symlink
-could redirect) and moved over the target with :func:`os.replace`.  The
-temporary file is removed on any exception, ``KeyboardInterrupt`` and
-``SystemExit`` included, and the result gets the permissions a plain
-``open(path, 'w')`` would give (``0o666`` minus the umask), not ``mkstemp``'s
-``0o600``.
+A result file (report, metrics, split, feature cache, converted checkpoint,
+compiled kernel) is either complete or absent: it is written to a *unique*
+temporary file in the target's folder and moved over the target with
+:func:`os.replace`.  The temporary file is created with
+``os.open(O_CREAT | O_EXCL | O_NOFOLLOW, 0o666)`` under a random name: it
+never follows or reuses an existing path (a planted symlink), and the kernel
+applies the umask, so the result gets the permissions a plain
+``open(path, 'w')`` would give (``0o666`` minus the umask) without this
+process ever changing its umask (which is process-wide: another thread
+would create its files with the changed mask).  The temporary file is removed
+on any exception, ``KeyboardInterrupt`` and ``SystemExit`` included.
+
+Imports only the standard library (torch lazily), so :mod:`maxsup_mm.ops`
+may use it.
 """
 import contextlib
 import json
 import os
 import os.path as osp
+import secrets
 import signal
-import tempfile
 import threading
 from typing import IO, Any, Callable, Iterator
 
 __all__ = ['atomic_write', 'atomic_save', 'atomic_write_text',
            'atomic_write_json', 'exit_on_sigterm']
 
+_TEMP_FLAGS = (os.O_WRONLY | os.O_CREAT | os.O_EXCL
+               | getattr(os, 'O_NOFOLLOW', 0) | getattr(os, 'O_CLOEXEC', 0)
+               | getattr(os, 'O_BINARY', 0))
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+
+def _create_temp(folder: str, name: str):
+    """``(fd, path)`` of a new file ``.<name>.<random>.tmp`` in ``folder``,
+    mode ``0o666`` minus the umask (applied by the kernel)."""
+    for _ in range(100):
+        path = osp.join(folder, f'.{name}.{secrets.token_hex(6)}.tmp')
+        try:
+            return os.open(path, _TEMP_FLAGS, 0o666), path
+        except FileExistsError:
+            continue
+    raise FileExistsError(f'no free temporary file name in {folder}')
 
 
 @contextlib.contextmanager
@@ -46,10 +62,8 @@ def atomic_write(path: str, mode: str = 'w', **open_kwargs) -> Iterator[IO]:
     path = os.fspath(path)
     folder = osp.dirname(osp.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix='.' + osp.basename(path) + '.',
-                               suffix='.tmp', dir=folder)
+    fd, tmp = _create_temp(folder, osp.basename(path))
     try:
-        os.fchmod(fd, 0o666 & ~_umask())
         if mode == 'w':
             open_kwargs.setdefault('encoding', 'utf-8')
         with os.fdopen(fd, mode, **open_kwargs) as f:

@@ -83,10 +83,12 @@ def build(verbose: bool = False, force: bool = False) -> str:
         load(name=name, sources=[SOURCE], extra_cflags=CFLAGS,
              extra_ldflags=LDFLAGS, build_directory=tmp,
              is_python_module=False, verbose=verbose, with_cuda=False)
-        built = osp.join(tmp, f'{name}.so')
-        partial = target + f'.tmp{os.getpid()}'
-        shutil.copyfile(built, partial)
-        os.replace(partial, target)
+        # never through a fixed temporary name (a planted symlink there
+        # would be followed): the one atomic-write helper
+        from maxsup_mm.fileio import atomic_write
+        with open(osp.join(tmp, f'{name}.so'), 'rb') as src, \
+                atomic_write(target, 'wb') as dst:
+            shutil.copyfileobj(src, dst)
     # drop libraries built from older sources
     for old in os.listdir(lib_dir()):
         if old.startswith(_NAME + '_') and osp.join(lib_dir(), old) != target:
