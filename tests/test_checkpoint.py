@@ -1,5 +1,6 @@
 """The shared safe checkpoint loader and the atomic-write helper."""
 import argparse
+import io
 import os
 import os.path as osp
 import pathlib
@@ -7,6 +8,7 @@ import stat
 import subprocess
 import sys
 import types
+import zipfile
 
 import numpy as np
 import pytest
@@ -16,7 +18,9 @@ import torch.nn as nn
 from maxsup_mm.checkpoint import (CheckpointError, check_finite,
                                   load_checkpoint, non_finite_tensors)
 from maxsup_mm.fileio import atomic_save, atomic_write, atomic_write_text
-from malicious import write_malicious_checkpoint  # tests/helpers
+from forged_numpy import numpy1_names, rewrite_pickle  # tests/helpers
+from malicious import write_malicious_checkpoint
+from numpy_exact import assert_same
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
@@ -78,6 +82,25 @@ def test_plain_runner_checkpoint_is_refused_by_torch_but_loads_here(
     assert isinstance(buffers['train/loss'], HistoryBuffer)
     assert np.isfinite(buffers['train/loss'].mean())
     assert set(ckpt['state_dict']) == {'fc.weight', 'fc.bias'}
+
+
+def test_runner_checkpoint_loads_exactly_under_numpy_1_and_2_names(
+        runner_checkpoint, tmp_path):
+    """mmengine's own save (numpy 2.x module names) and the same file as
+    numpy 1.x writes it (``numpy.core.multiarray``) load bit for bit as
+    an unrestricted ``torch.load`` of our own trusted file does (the
+    oracle): HistoryBuffer arrays, numpy scalars, tensors."""
+    with open(runner_checkpoint, 'rb') as f:
+        data = f.read()
+    assert b'numpy._core.multiarray' in data or \
+        b'numpy.core.multiarray' in data
+    oracle = torch.load(runner_checkpoint, weights_only=False)
+    assert oracle['message_hub']['log_scalars'], 'no numpy data to check'
+    old = tmp_path / 'numpy1.pth'
+    old.write_bytes(numpy1_names(data))
+    assert b'numpy._core' not in old.read_bytes()
+    for path in (runner_checkpoint, str(old)):
+        assert_same(load_checkpoint(path), oracle)
 
 
 def test_mmengine_loader_uses_the_safe_loader(runner_checkpoint, tmp_path,
@@ -225,6 +248,131 @@ def test_check_finite_names_the_tensors():
     with pytest.raises(CheckpointError, match='2 tensor.*b, c'):
         check_finite(sd, 'x.pth')
     check_finite({'a': torch.ones(1)}, 'x.pth')
+
+
+def _member_offset(path: str, member: str) -> int:
+    """Where ``member``'s data starts in the zip file ``path``."""
+    with zipfile.ZipFile(path) as archive:
+        info = archive.getinfo(member)
+    with open(path, 'rb') as f:
+        f.seek(info.header_offset)
+        header = f.read(30)
+    assert header[:4] == b'PK\x03\x04'
+    names = int.from_bytes(header[26:28], 'little')
+    extra = int.from_bytes(header[28:30], 'little')
+    return info.header_offset + 30 + names + extra
+
+
+def test_a_flipped_bit_is_refused(tmp_path):
+    """torch's zip reader does not check CRCs: one flipped bit in a
+    tensor's data loads as another weight there (the oracle: plain
+    torch.load).  Ours names the damaged member; the intact file loads."""
+    sd = {'fc.weight': torch.arange(1000.), 'fc.bias': torch.ones(3)}
+    path = str(tmp_path / 'ok.pth')
+    torch.save({'state_dict': sd}, path)
+    assert torch.equal(load_checkpoint(path)['state_dict']['fc.weight'],
+                       sd['fc.weight'])
+    with zipfile.ZipFile(path) as archive:
+        member = next(n for n in archive.namelist()
+                      if n.endswith('/data/0'))
+    data = bytearray(open(path, 'rb').read())
+    data[_member_offset(path, member) + 2001] ^= 0x10
+    bad = tmp_path / 'flipped.pth'
+    bad.write_bytes(bytes(data))
+    plain = torch.load(str(bad), weights_only=True)['state_dict']
+    assert not torch.equal(plain['fc.weight'], sd['fc.weight'])
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(str(bad))
+    message = str(err.value)
+    assert message.startswith(f'{bad}: damaged: member {member} fails its '
+                              'CRC-32 check')
+    assert '\n' not in message
+
+
+def _with_pickle(tmp_path, name: str, pkl: bytes) -> str:
+    """A torch zip checkpoint whose ``data.pkl`` is ``pkl``."""
+    buf = io.BytesIO()
+    torch.save({'x': 1}, buf)
+    path = tmp_path / name
+    path.write_bytes(rewrite_pickle(buf.getvalue(), lambda _: pkl))
+    return str(path)
+
+
+@pytest.mark.parametrize('name,pkl', [
+    # REDUCE of a tensor rebuild function with the wrong argument types
+    ('wrong_args', b'\x80\x02ctorch._utils\n_rebuild_tensor_v2\n'
+     b'K\x01K\x02\x86R.'),
+    # APPEND with an empty stack
+    ('stack_underflow', b'\x80\x02a.'),
+    # NEWOBJ of a deeply nested list: torch's message reprs it
+    ('deep_repr', b'\x80\x02' + b']' * 50000 + b'a' * 49999 + b')\x81.'),
+    # a list nested 50000 deep: no tool can walk it
+    ('deep_list', b'\x80\x02' + b']' * 50000 + b'a' * 49999 + b'.'),
+])
+def test_reader_errors_are_one_line(tmp_path, name, pkl):
+    path = _with_pickle(tmp_path, f'{name}.pth', pkl)
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(path)
+    assert str(err.value).startswith(f'{path}: ')
+    assert '\n' not in str(err.value)
+
+
+def test_finiteness_of_broadcast_and_overlapping_views(tmp_path):
+    """A stride-0 tensor of 2**40 elements (one stored value) is checked
+    without materialising it, also after a save/load; overlapping and
+    strided views agree with torch.isfinite on the materialised view."""
+    nan = float('nan')
+    huge = {'ok': torch.zeros(1).expand(2 ** 40),
+            'bad': torch.tensor([nan]).expand(2 ** 40),
+            'bad2d': torch.tensor([[1.], [nan], [2.]]).expand(3, 2 ** 39)}
+    path = str(tmp_path / 'huge.pth')
+    torch.save(huge, path)
+    assert os.path.getsize(path) < 1 << 20
+    for sd in (huge, load_checkpoint(path)):
+        assert non_finite_tensors(sd) == ['bad', 'bad2d']
+        with pytest.raises(CheckpointError, match='2 tensor.*bad, bad2d'):
+            check_finite(sd, 'huge.pth')
+    base = torch.arange(12.)
+    base[9] = nan
+    views = {'overlap': base.as_strided((4, 4), (2, 1)),
+             'overlap_ok': base.as_strided((3, 3), (1, 1)),
+             'gaps_skip_nan': base.as_strided((3, ), (4, )),
+             'gaps_hit_nan': base.as_strided((2, ), (9, )),
+             'offset': base.as_strided((2, 2), (0, 1), 9),
+             'empty': base.as_strided((0, 5), (1, 1))}
+    oracle = [k for k, v in views.items()
+              if not bool(torch.isfinite(v.contiguous()).all())]
+    assert oracle == ['overlap', 'gaps_hit_nan', 'offset']
+    assert non_finite_tensors(views) == oracle
+
+
+def test_meta_and_sparse_tensors(tmp_path):
+    """Meta tensors hold no data: one line at load time and in
+    check_finite.  Sparse tensors are checked through their values
+    (oracle: torch.isfinite of the dense tensor)."""
+    path = str(tmp_path / 'meta.pth')
+    torch.save({'state_dict': {'w': torch.empty(3, device='meta')}}, path)
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(path)
+    assert str(err.value).startswith(
+        f'{path}: holds meta tensors (no data): state_dict.w')
+    with pytest.raises(CheckpointError,
+                       match=r'^x\.pth: holds meta tensors \(no data\): w'):
+        check_finite({'w': torch.empty(2, device='meta')}, 'x.pth')
+    nan = float('nan')
+    dense = {'coo_bad': torch.tensor([[0., nan], [1., 0.]]),
+             'coo_ok': torch.tensor([[0., 2.], [1., 0.]]),
+             'csr_bad': torch.tensor([[0., 2.], [float('inf'), 0.]]),
+             'csr_ok': torch.tensor([[0., 2.], [1., 0.]])}
+    sd = {k: v.to_sparse() if k.startswith('coo') else v.to_sparse_csr()
+          for k, v in dense.items()}
+    oracle = [k for k, v in dense.items() if not bool(
+        torch.isfinite(v).all())]
+    assert oracle == ['coo_bad', 'csr_bad']
+    sparse_path = str(tmp_path / 'sparse.pth')
+    torch.save(sd, sparse_path)
+    for state in (sd, load_checkpoint(sparse_path)):
+        assert non_finite_tensors(state) == oracle
 
 
 def test_atomic_write_permissions_symlinks_and_cleanup(tmp_path):
