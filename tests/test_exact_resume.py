@@ -57,6 +57,7 @@ class Recorder(Hook):
 
     def __init__(self):
         self.seen = {}
+        self.lrs = {}  # iteration -> the learning rate it trains with
 
     def before_train_iter(self, runner, batch_idx, data_batch=None):
         state = torch.random.get_rng_state()
@@ -64,10 +65,12 @@ class Recorder(Hook):
         torch.random.set_rng_state(state)
         self.seen[runner.iter] = (torch.stack(data_batch['x']).tolist(),
                                   draw, batch_idx)
+        self.lrs[runner.iter] = runner.optim_wrapper.param_groups[0]['lr']
 
 
 def make_runner(work_dir, name, loop, workers=0, persistent=False,
-                resume_from=None, sampler='DefaultSampler'):
+                resume_from=None, sampler='DefaultSampler',
+                param_scheduler=None):
     recorder = Recorder()
     if loop.startswith('ExactResumeEpoch') or loop == 'EpochBasedTrainLoop':
         train_cfg = dict(type=loop, max_epochs=EPOCHS)
@@ -84,6 +87,7 @@ def make_runner(work_dir, name, loop, workers=0, persistent=False,
             persistent_workers=persistent),
         train_cfg=train_cfg,
         optim_wrapper=dict(optimizer=dict(type='SGD', lr=0.1)),
+        param_scheduler=param_scheduler,
         default_hooks=dict(
             checkpoint=dict(type='CheckpointHook', by_epoch=False,
                             interval=4, max_keep_ckpts=-1),
@@ -110,8 +114,9 @@ def train(runner):
             iterator._shutdown_workers()
 
 
-def run(tmp_path, loop, **kwargs):
-    """The uninterrupted run, and a resumed run from each checkpoint."""
+def run_recorders(tmp_path, loop, **kwargs):
+    """The recorders of the uninterrupted run and of a resumed run from each
+    checkpoint (step -> recorder)."""
     work = str(tmp_path / 'full')
     runner, full = make_runner(work, f'full-{tmp_path.name}', loop, **kwargs)
     train(runner)
@@ -121,8 +126,14 @@ def run(tmp_path, loop, **kwargs):
             str(tmp_path / f'from{step}'), f'from{step}-{tmp_path.name}',
             loop, resume_from=osp.join(work, f'iter_{step}.pth'), **kwargs)
         train(runner)
-        resumed[step] = rec.seen
-    return full.seen, resumed
+        resumed[step] = rec
+    return full, resumed
+
+
+def run(tmp_path, loop, **kwargs):
+    """The uninterrupted run, and a resumed run from each checkpoint."""
+    full, resumed = run_recorders(tmp_path, loop, **kwargs)
+    return full.seen, {step: rec.seen for step, rec in resumed.items()}
 
 
 @pytest.mark.parametrize('workers', [0, 2])
@@ -172,3 +183,26 @@ def test_persistent_workers_resume_warns(tmp_path):
     with log_messages(MMLogger.get_current_instance()) as messages:
         train(runner)
     assert any('persistent_workers=True' in m for m in messages)
+
+
+@pytest.mark.parametrize('by_epoch, milestones', [(False, [10, 14]),
+                                                  (True, [2])])
+def test_resume_keeps_multistep_milestones(tmp_path, by_epoch, milestones):
+    """MultiStep's milestones (a Counter) survive the checkpoint: a resumed
+    run decays the learning rate where the uninterrupted run does."""
+    loop = ('ExactResumeEpochBasedTrainLoop' if by_epoch
+            else 'ExactResumeIterBasedTrainLoop')
+    scheduler = dict(type='MultiStepLR', milestones=milestones, gamma=0.1,
+                     by_epoch=by_epoch)
+    full, resumed = run_recorders(
+        tmp_path, loop, param_scheduler=scheduler,
+        sampler='DefaultSampler' if by_epoch else 'InfiniteSampler')
+    # the closed form: 0.1 x 0.1 per milestone reached
+    at = np.arange(EPOCHS * ITERS_PER_EPOCH)
+    step = at // ITERS_PER_EPOCH if by_epoch else at
+    expected = 0.1 * 0.1**np.searchsorted(milestones, step, side='right')
+    np.testing.assert_allclose([full.lrs[i] for i in at], expected)
+    for start, rec in resumed.items():
+        assert sorted(rec.lrs) == list(range(start, len(at)))
+        np.testing.assert_allclose([rec.lrs[i] for i in sorted(rec.lrs)],
+                                   expected[start:], err_msg=f'from {start}')

@@ -157,7 +157,8 @@ def test_alpha_schedule_hook_without_losses_fails_clearly():
 def test_non_finite_loss_message_names_newest_checkpoint_or_none():
     hook = NonFiniteLossHook()
     hub = MessageHub.get_instance('non-finite-test')
-    runner = SimpleNamespace(iter=2, epoch=0, message_hub=hub)
+    runner = SimpleNamespace(iter=2, epoch=0, message_hub=hub,
+                             hooks=[])  # no CheckpointHook
     hook.after_train_iter(runner, 2, outputs=dict(loss=torch.tensor(1.5)))
     nan = dict(loss=torch.tensor(float('nan')), loss_cls=torch.tensor(1.0))
     with pytest.raises(NonFiniteLossError) as err:
@@ -329,3 +330,205 @@ def test_ols_hook_knows_when_an_iteration_checkpoint_follows():
     runner.hooks = [CheckpointHook(by_epoch=True, interval=1)]
     runner.iter = 3
     assert not follows(runner)
+
+
+# --------------------------------------------------------------------------
+# every scheduler state through encode_safe -> weights_only -> decode_safe
+# --------------------------------------------------------------------------
+def _assert_same_tree(got, expected, where='state'):
+    """Equal values of the same types, recursively (``==`` alone would take
+    a plain dict for a Counter and a Counter of pairs for nothing)."""
+    assert type(got) is type(expected), \
+        f'{where}: {type(got).__name__} != {type(expected).__name__}'
+    if isinstance(expected, dict):
+        assert list(got) == list(expected), f'{where}: keys'
+        for key in expected:
+            _assert_same_tree(got[key], expected[key], f'{where}[{key!r}]')
+    elif isinstance(expected, (list, tuple)):
+        assert len(got) == len(expected), f'{where}: length'
+        for i, (a, b) in enumerate(zip(got, expected)):
+            _assert_same_tree(a, b, f'{where}[{i}]')
+    elif isinstance(expected, torch.Tensor):
+        assert torch.equal(got, expected), where
+    elif isinstance(expected, float) and np.isnan(expected):
+        assert np.isnan(got), where
+    else:
+        assert got == expected, where
+
+
+def _weights_only_roundtrip(obj):
+    """encode_safe -> torch.save -> torch.load(weights_only=True) ->
+    decode_safe, as a checkpoint travels."""
+    buf = io.BytesIO()
+    torch.save(encode_safe(obj), buf)
+    buf.seek(0)
+    return decode_safe(torch.load(buf, weights_only=True))
+
+
+def test_encode_safe_keeps_counter_ordereddict_defaultdict(plain_weights_only):
+    from collections import Counter, OrderedDict, defaultdict
+    state = {'milestones': Counter([30, 60, 80, 60]),
+             'order': OrderedDict([('b', 1), ('a', [Counter('xyx')])]),
+             'lists': defaultdict(list, {'k': [1, 2]}),
+             'none': defaultdict(None, {1: 2.5}),
+             'nested': [OrderedDict(z=Counter({(1, 2): 3}))]}
+    loaded = _weights_only_roundtrip(state)
+    _assert_same_tree(loaded, state)
+    assert loaded['milestones'] == Counter({30: 1, 60: 2, 80: 1})
+    assert loaded['lists'].default_factory is list
+    assert loaded['none'].default_factory is None
+    # what torch loads from a checkpoint written without encode_safe
+    # (mmengine's own hook): decoding keeps the types
+    _assert_same_tree(decode_safe(state), state)
+
+
+def test_encode_safe_refuses_defaultdict_it_cannot_restore():
+    from collections import defaultdict
+    with pytest.raises(TypeError, match='default_factory'):
+        encode_safe({'d': defaultdict(lambda: 0)})
+
+
+def test_decode_safe_restores_only_known_functions():
+    from mmengine.optim.scheduler.param_scheduler import \
+        OneCycleParamScheduler
+    encoded = encode_safe({'f': OneCycleParamScheduler._annealing_cos})
+    assert decode_safe(encoded)['f'] is OneCycleParamScheduler._annealing_cos
+    forged = {k: dict(v) for k, v in encoded.items()}
+    forged['f']['name'] = 'os.system'
+    with pytest.raises(ValueError, match="unknown function 'os.system'"):
+        decode_safe(forged)
+    assert encode_safe({'g': print}) == {'g': print}  # left to torch.load
+
+
+def _mmengine_scheduler_kwargs(name):
+    """Arguments for each mmengine scheduler (by its family name)."""
+    family = name
+    for suffix in ('ParamScheduler', 'Momentum', 'LR'):
+        if family.endswith(suffix):
+            family = family[:-len(suffix)]
+            break
+    kwargs = dict(
+        Constant=dict(factor=0.5, end=3),
+        CosineAnnealing=dict(T_max=5),
+        CosineRestart=dict(periods=[3, 4], restart_weights=[1, 0.5],
+                           eta_min=0.0),
+        Exponential=dict(gamma=0.8),
+        Linear=dict(start_factor=0.2, end=4),
+        MultiStep=dict(milestones=[2, 4, 4], gamma=0.1),
+        OneCycle=dict(eta_max=0.5, total_steps=20),
+        Poly=dict(power=2.0, eta_min=0.001, end=9),
+        ReduceOnPlateau=dict(monitor='loss', factor=0.5, patience=1),
+        Step=dict(step_size=2, gamma=0.5))[family]
+    if name.endswith('ParamScheduler'):
+        kwargs['param_name'] = 'lr'
+    if name == 'OneCycleParamScheduler':  # OneCycleLR: the default, cos
+        kwargs['anneal_strategy'] = 'linear'
+    return kwargs
+
+
+def _torch_scheduler(name, optimizer):
+    import torch.optim.lr_scheduler as L
+
+    def make(cls_name):
+        return getattr(L, cls_name)(optimizer, **dict(
+            LambdaLR=dict(lr_lambda=lambda e: 0.9**e),
+            MultiplicativeLR=dict(lr_lambda=lambda e: 0.95),
+            StepLR=dict(step_size=2, gamma=0.5),
+            MultiStepLR=dict(milestones=[2, 4, 4], gamma=0.1),
+            ConstantLR=dict(factor=0.5, total_iters=3),
+            LinearLR=dict(start_factor=0.2, total_iters=4),
+            ExponentialLR=dict(gamma=0.8),
+            PolynomialLR=dict(total_iters=8, power=2.0),
+            CosineAnnealingLR=dict(T_max=5),
+            ReduceLROnPlateau=dict(factor=0.5, patience=1),
+            CyclicLR=dict(base_lr=0.01, max_lr=0.1, step_size_up=2),
+            CosineAnnealingWarmRestarts=dict(T_0=3),
+            OneCycleLR=dict(max_lr=0.5, total_steps=20))[cls_name])
+
+    if name == 'SequentialLR':
+        return L.SequentialLR(optimizer, [make('ConstantLR'),
+                                          make('MultiStepLR')],
+                              milestones=[3])
+    if name == 'ChainedScheduler':
+        return L.ChainedScheduler([make('StepLR'), make('MultiStepLR')],
+                                  optimizer=optimizer)
+    return make(name)
+
+
+def _torch_scheduler_names():
+    import inspect
+
+    import torch.optim.lr_scheduler as L
+    return sorted(
+        n for n, c in vars(L).items()
+        if inspect.isclass(c) and c.__module__ == L.__name__
+        and not n.startswith('_') and n != 'LRScheduler'
+        and issubclass(c, (L.LRScheduler, L.ReduceLROnPlateau)))
+
+
+def _mmengine_scheduler_names():
+    from mmengine.registry import PARAM_SCHEDULERS
+    return sorted(PARAM_SCHEDULERS.module_dict)
+
+
+def _build_scheduler(source, name):
+    """A fresh SGD (lr 0.1, momentum 0.9) and the scheduler ``name``."""
+    param = torch.nn.Parameter(torch.zeros(2))
+    optimizer = torch.optim.SGD([param], lr=0.1, momentum=0.9)
+    if source == 'torch':
+        return optimizer, _torch_scheduler(name, optimizer)
+    from mmengine.registry import PARAM_SCHEDULERS
+    return optimizer, PARAM_SCHEDULERS.get(name)(
+        optimizer, **_mmengine_scheduler_kwargs(name))
+
+
+def _step(scheduler, i):
+    """One scheduler step; plateau schedulers get a loss that stalls."""
+    if type(scheduler).__name__.startswith('ReduceOnPlateau'):
+        scheduler.step(dict(loss=1.0 if i > 1 else 2.0 - i))
+    elif type(scheduler).__name__ == 'ReduceLROnPlateau':
+        scheduler.step(1.0 if i > 1 else 2.0 - i)
+    else:
+        scheduler.step()
+
+
+def _values(optimizer):
+    return [(g['lr'], g.get('momentum')) for g in optimizer.param_groups]
+
+
+@pytest.mark.parametrize(
+    'source, name',
+    [('torch', n) for n in _torch_scheduler_names()] +
+    [('mmengine', n) for n in _mmengine_scheduler_names()])
+def test_scheduler_state_roundtrip_is_exact(plain_weights_only, source, name):
+    """A checkpointed scheduler (with its optimizer) loads back to the same
+    state (types included: MultiStep's milestones are a Counter) and
+    schedules the same values as the one that was never saved."""
+    optimizer, scheduler = _build_scheduler(source, name)
+    for i in range(5):
+        optimizer.step()
+        _step(scheduler, i)
+    state = scheduler.state_dict()
+    loaded = _weights_only_roundtrip(
+        dict(optimizer=optimizer.state_dict(), scheduler=state))
+    _assert_same_tree(loaded['scheduler'], state)
+    optimizer2, scheduler2 = _build_scheduler(source, name)
+    optimizer2.load_state_dict(loaded['optimizer'])
+    scheduler2.load_state_dict(loaded['scheduler'])
+    assert _values(optimizer2) == _values(optimizer)
+    for i in range(5, 14):  # the oracle: the scheduler that went on
+        optimizer.step()
+        optimizer2.step()
+        _step(scheduler, i)
+        _step(scheduler2, i)
+        assert _values(optimizer2) == _values(optimizer), (name, i)
+
+
+def test_scheduler_roundtrip_covers_every_scheduler():
+    """The list above is upstream's: a new scheduler needs arguments."""
+    assert 'MultiStepParamScheduler' in _mmengine_scheduler_names()
+    assert {'MultiStepLR', 'OneCycleLR', 'CosineRestartLR',
+            'ReduceOnPlateauLR', 'StepMomentum'} <= set(
+                _mmengine_scheduler_names())
+    assert {'SequentialLR', 'ChainedScheduler', 'CyclicLR',
+            'ReduceLROnPlateau'} <= set(_torch_scheduler_names())

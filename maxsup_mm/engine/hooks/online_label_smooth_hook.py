@@ -1,11 +1,13 @@
 """Epoch switch of Online Label Smoothing's soft-label matrix."""
 from mmengine.dist import get_rank, get_world_size
-from mmengine.hooks import CheckpointHook, Hook
+from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
 from mmengine.registry import HOOKS
 from mmpretrain.utils import get_ori_model
 
 from maxsup_mm.models.losses import OnlineLabelSmoothLoss
+
+from .non_finite_loss_hook import checkpoint_follows
 
 
 @HOOKS.register_module()
@@ -58,13 +60,7 @@ class OnlineLabelSmoothHook(Hook):
     def checkpoint_follows(runner) -> bool:
         """Whether a ``CheckpointHook`` saves after this training iteration
         (its own test, as in ``CheckpointHook.after_train_iter``)."""
-        for hook in runner.hooks:
-            if isinstance(hook, CheckpointHook) and not hook.by_epoch and (
-                    hook.every_n_train_iters(runner, hook.interval,
-                                             hook.save_begin) or
-                    (hook.save_last and hook.is_last_train_iter(runner))):
-                return True
-        return False
+        return checkpoint_follows(runner, by_epoch=False)
 
     def after_train_iter(self, runner, batch_idx: int, data_batch=None,
                          outputs=None) -> None:
