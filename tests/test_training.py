@@ -293,7 +293,10 @@ def test_dist_train_two_cpu_processes(imagenet_root, tmp_path):
     assert 'Epoch(train) [1][4/4]' in text
     ckpt = torch.load(osp.join(work, 'epoch_1.pth'), weights_only=True)
     matrix = ckpt['state_dict']['head.loss_module.supervise']
-    torch.testing.assert_close(matrix.sum(0), torch.ones(4))
+    # each column is a distribution, or zeros for a class that was never
+    # classified correctly (never_correct='zeros', the authors' default)
+    sums = matrix.sum(0)
+    assert (torch.isclose(sums, torch.ones(4)) | (sums == 0)).all(), sums
 
     # distributed evaluation (2 gloo ranks, each half of the val set)
     # predicts what a single process predicts, sample by sample

@@ -6,14 +6,24 @@ import torch.nn.functional as F
 from mmengine import dist
 from mmpretrain.registry import MODELS
 
-from .base import BaseClsLoss, check_nonnegative
+from .base import BaseClsLoss, check_finite
 from .functional import cross_entropy, soft_cross_entropy
 
 
 #: first-epoch soft-label matrices (see :func:`initial_soft_labels`)
 INITS = ('label_smoothing', 'zeros', 'uniform')
 #: soft label of a class without a correctly classified sample in an epoch
-NEVER_CORRECT = ('keep', 'uniform', 'zeros')
+NEVER_CORRECT = ('zeros', 'uniform', 'keep')
+
+
+def check_unit_interval(name: str, value: float) -> float:
+    """Return ``float(value)``; raise unless it is a number in ``[0, 1]``
+    (a one-line error naming the argument and its value)."""
+    value = check_finite(f'OnlineLabelSmoothLoss: {name}', value)
+    if not 0. <= value <= 1.:
+        raise ValueError(f'OnlineLabelSmoothLoss: {name} must lie in [0, 1], '
+                         f'got {value}')
+    return value
 
 
 def initial_soft_labels(num_classes: int, init: str = 'label_smoothing',
@@ -50,7 +60,9 @@ class OnlineLabelSmoothLoss(BaseClsLoss):
     :math:`K \times K` matrix built from the *previous* epoch: the mean
     predicted distribution of the training samples of class :math:`c` that
     were classified correctly (samples with non-finite logits never count).
-    Two details are not fixed by the method and differ between releases:
+    Two details are not fixed by the method and differ between releases;
+    the defaults reproduce the MaxSup authors' OLS (``Conv/ffcv/losses.py``,
+    ``OnlineLabelSmoothing``):
 
     * the first epoch's matrix (``init``): by default ordinary label
       smoothing (``1 - smoothing`` on the diagonal, ``smoothing / (K - 1)``
@@ -59,10 +71,11 @@ class OnlineLabelSmoothLoss(BaseClsLoss):
       trains with ``alpha * CE`` alone), their fine-grained one from
       ``1 / K`` (``init='uniform'``);
     * a class without a single correctly classified sample in an epoch
-      (``never_correct``): by default it keeps its previous column
-      (``'keep'``: no new estimate, so the last one stays); Zhang et al.'s
-      release sets it to ``1 / K`` (``'uniform'``), the MaxSup authors' port
-      to zeros (``'zeros'``: no soft term for that class).
+      (``never_correct``): by default a zero column, as in the MaxSup
+      authors' ``next_epoch`` (``'zeros'``: no soft term for that class in
+      the next epoch, which trains it with ``alpha * CE`` alone); Zhang et
+      al.'s release sets it to ``1 / K`` (``'uniform'``); ``'keep'`` keeps
+      its previous column (no new estimate, so the last one stays).
 
     ``init='zeros', never_correct='uniform'`` reproduces Zhang et al.'s
     CIFAR / ImageNet training script.
@@ -90,12 +103,13 @@ class OnlineLabelSmoothLoss(BaseClsLoss):
         alpha (float): weight of the hard-label CE, in ``[0, 1]``.
             Defaults to 0.5.
         smoothing (float): label smoothing of the first epoch's matrix
-            (``init='label_smoothing'``). Defaults to 0.1.
+            (``init='label_smoothing'``), in ``[0, 1]``. Defaults to 0.1.
         init (str): first-epoch matrix, ``'label_smoothing'`` (default),
             ``'zeros'`` or ``'uniform'``; see :func:`initial_soft_labels`.
         never_correct (str): soft label of a class that had no correctly
-            classified sample in an epoch: ``'keep'`` (default, its previous
-            column), ``'uniform'`` (``1 / K``) or ``'zeros'``.
+            classified sample in an epoch: ``'zeros'`` (default, the MaxSup
+            authors' OLS), ``'uniform'`` (``1 / K``, Zhang et al.) or
+            ``'keep'`` (its previous column).
         reduction (str): ``'none'``, ``'mean'`` or ``'sum'``.
         loss_weight (float): weight of the loss. Defaults to 1.0.
     """
@@ -110,16 +124,13 @@ class OnlineLabelSmoothLoss(BaseClsLoss):
                  reduction: str = 'mean',
                  loss_weight: float = 1.0,
                  init: str = 'label_smoothing',
-                 never_correct: str = 'keep'):
+                 never_correct: str = 'zeros'):
         super().__init__(reduction=reduction, loss_weight=loss_weight)
         if not isinstance(num_classes, int) or num_classes < 2:
             raise ValueError(f'OnlineLabelSmoothLoss: num_classes must be an '
                              f'int >= 2, got {num_classes!r}')
-        self.alpha = check_nonnegative('alpha', alpha)
-        smoothing = check_nonnegative('smoothing', smoothing)
-        if self.alpha > 1 or smoothing > 1:
-            raise ValueError('OnlineLabelSmoothLoss: alpha and smoothing must '
-                             f'lie in [0, 1], got {alpha} and {smoothing}')
+        self.alpha = check_unit_interval('alpha', alpha)
+        smoothing = check_unit_interval('smoothing', smoothing)
         if never_correct not in NEVER_CORRECT:
             raise ValueError('OnlineLabelSmoothLoss: never_correct must be '
                              f'one of {NEVER_CORRECT}, got {never_correct!r}')
@@ -173,7 +184,7 @@ class OnlineLabelSmoothLoss(BaseClsLoss):
         """Sum the statistics over ranks and switch to the new matrix.
 
         Classes without a single correctly classified sample get the column
-        ``never_correct`` says (by default they keep their previous one).
+        ``never_correct`` says (by default zeros).
         """
         if dist.get_world_size() > 1:
             dist.all_reduce(self.update, op='sum')
