@@ -13,6 +13,7 @@ one.
 import argparse
 import contextlib
 import glob
+import os
 import os.path as osp
 import pathlib
 import sys
@@ -541,8 +542,46 @@ def test_released_resnet50_config_runs_in_tools_test(blur_r50, imagenet_root,
     metrics = json.load(open(out))
     assert 0 <= metrics['accuracy/top1'] <= 100
     printed = ''.join(capfd.readouterr())  # mmengine warns about a partial
-    assert f'Load checkpoint from {dst}' in printed  # load, never fails
+    # load, never fails; test.py read the file before building the runner
+    # and handed it over (maxsup-preloaded://), not read it twice
+    assert f'Load checkpoint from maxsup-preloaded://{dst}' in printed
     assert 'do not match exactly' not in printed
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('fmt', ['lightning-checkpoint', 'deit-checkpoint'])
+def test_test_tool_points_external_checkpoints_to_the_converter(
+        fmt, tmp_path):
+    """An unconverted Lightning / DeiT code base file: exactly one line,
+    the converter's command with the format, before any runner is built
+    (nothing else printed)."""
+    import subprocess
+    if fmt == 'lightning-checkpoint':
+        src = _save_lightning(_tv_resnet(18, blur=True, seed=8,
+                                         num_classes=10),
+                              tmp_path / 'resnet50_maxsup.ckpt')
+        config = R50_RELEASED
+    else:
+        src = str(tmp_path / 'checkpoint_deit.pth')
+        torch.save({'model': _small_vit(8).state_dict(),
+                    'model_ema': _small_vit(9).state_dict(),
+                    'optimizer': {'state': {}, 'param_groups': []},
+                    'epoch': 3, 'args': _deit_args()}, src)
+        config = DEIT_RELEASED
+    work = str(tmp_path / 'work')
+    proc = subprocess.run(
+        [sys.executable, 'tools/test.py', config, src, '--work-dir', work],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+        env=dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=ROOT))
+    assert proc.returncode == 1
+    assert proc.stdout == '' and proc.stderr.count('\n') == 1, \
+        proc.stdout[-2000:] + proc.stderr[-2000:]
+    line = proc.stderr.strip()
+    assert line.startswith(f'test.py: error: {src} is a {fmt} '), line
+    assert ('python tools/model_converters/external2mmpretrain.py '
+            f'{src} DST') in line
+    assert '--non-strict' not in line
+    assert not osp.exists(work)  # no runner was built
 
 
 def test_bare_blurpool_resnet18_with_module_prefix(tmp_path):

@@ -191,3 +191,80 @@ def test_killed_study_run_resumes_from_its_last_epoch(tmp_path):
     for run in (before, after):
         for it, value in run.items():
             assert value == expected[it], it
+
+
+# --------------------------------------------------------------------------
+# issue 18 item 13: the quickstart's refusals are one line, before any work
+# --------------------------------------------------------------------------
+class _Stop(Exception):
+    """Raised instead of training: the study got past its checks."""
+
+
+def _quickstart(argv, monkeypatch):
+    """tools/quickstart.py in this process, training replaced by _Stop."""
+    import tools.quickstart_study as study
+    from load_tool import load_tool  # tests/helpers
+
+    def stop(*args, **kwargs):
+        raise _Stop()
+
+    monkeypatch.setattr(study, 'train_classifier', stop)
+    return load_tool('quickstart.py').main(argv)
+
+
+def _refusal(argv, monkeypatch, capsys):
+    with pytest.raises(SystemExit) as exc:
+        _quickstart(argv, monkeypatch)
+    message = str(exc.value.code)
+    out, err = capsys.readouterr()
+    assert message.startswith('quickstart.py: error: '), message
+    assert '\n' not in message and not out and not err, (out, err)
+    return message
+
+
+@pytest.mark.parametrize('option', ['--work-dir', '--data-dir'])
+def test_quickstart_refuses_a_file_as_folder(option, tmp_path, monkeypatch,
+                                             capsys):
+    blocker = tmp_path / 'file'
+    blocker.write_text('x')
+    dirs = {'--work-dir': str(tmp_path / 'work'),
+            '--data-dir': str(tmp_path / 'data')}
+    for path in (str(blocker), str(blocker / 'sub')):
+        dirs[option] = path
+        message = _refusal(['--fast', *[a for kv in dirs.items()
+                                        for a in kv]], monkeypatch, capsys)
+        assert f'{option} {path}' in message and str(blocker) in message
+        assert 'is a file, not a folder' in message
+    assert sorted(os.listdir(tmp_path)) == ['file']  # nothing written
+
+
+@pytest.mark.parametrize('option', ['--work-dir', '--data-dir'])
+def test_quickstart_refuses_an_unwritable_folder(option, tmp_path,
+                                                 monkeypatch, capsys):
+    from unwritable import unwritable_folder  # tests/helpers
+    folder = unwritable_folder(tmp_path)
+    dirs = {'--work-dir': str(tmp_path / 'work'),
+            '--data-dir': str(tmp_path / 'data')}
+    dirs[option] = osp.join(folder, 'quickstart')
+    message = _refusal(['--fast', *[a for kv in dirs.items() for a in kv]],
+                       monkeypatch, capsys)
+    assert f'{option} {dirs[option]}: cannot write in {folder}' in message
+    assert not osp.exists(dirs['--work-dir'])
+
+
+def test_quickstart_refuses_the_work_dir_of_another_study(tmp_path,
+                                                          monkeypatch,
+                                                          capsys):
+    """A --fast study stopped in its first run, started again without
+    --fast in the same work dir: its runs must not be taken as this one's.
+    With the same options it goes on (here: to the training, stopped)."""
+    work, data = str(tmp_path / 'work'), str(tmp_path / 'data')
+    argv = ['--work-dir', work, '--data-dir', data]
+    with pytest.raises(_Stop):
+        _quickstart(['--fast'] + argv, monkeypatch)
+    capsys.readouterr()
+    message = _refusal(argv, monkeypatch, capsys)
+    assert f'--work-dir {work} holds a study with other settings' in message
+    assert 'epochs 2' in message and 'epochs 15' in message
+    with pytest.raises(_Stop):
+        _quickstart(['--fast'] + argv, monkeypatch)

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Distributed testing with torchrun.
 #   bash tools/dist_test.sh CONFIG CHECKPOINT GPUS [test.py args]
+# From any directory: CONFIG is a file, configs/... of this checkout or
+# PACKAGE::PATH (tools/test.py resolves it); other paths are the caller's.
 CONFIG=$1
 CHECKPOINT=$2
 GPUS=$3

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Distributed training with torchrun (as mmpretrain's tools/dist_train.sh).
 #   bash tools/dist_train.sh CONFIG GPUS [train.py args]
+# From any directory: CONFIG is a file, configs/... of this checkout or
+# PACKAGE::PATH (tools/train.py resolves it); other paths are the caller's.
 # Works on GPUs (nccl) and on CPU-only machines (gloo, one process per "GPU").
 # Several machines: set NNODES, NODE_RANK, MASTER_ADDR (and PORT) on each.
 CONFIG=$1

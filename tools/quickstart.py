@@ -5,7 +5,8 @@
 
 Trains, analyses, transfers to segmentation and writes
 ``work_dirs/quickstart/report.md``.  Interrupted?  Run it again: finished
-runs are not redone.  The study itself is tools/quickstart_study.py.
+runs are not redone (a work dir of a study with other settings is refused).
+The study itself is tools/quickstart_study.py.
 """
 import argparse
 import os.path as osp
@@ -16,11 +17,13 @@ import warnings
 # installed (maxsup_mm itself is imported as installed)
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
+from maxsup_mm.apis import USER_ERRORS, one_line_error  # noqa: E402
 from tools.quickstart_study import StudySettings, run_study  # noqa: E402
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser = argparse.ArgumentParser(prog='quickstart.py',
+                                     description=__doc__.split('\n')[0])
     parser.add_argument('--fast', action='store_true',
                         help='smoke version: 2 seeds, 2 epochs, a few '
                         'segmentation iterations')
@@ -47,7 +50,10 @@ def main(argv=None):
         StudySettings(**opts)
     warnings.filterwarnings('ignore')
     sys.stdout.reconfigure(line_buffering=True)  # progress shows at once
-    report = run_study(settings)
+    try:
+        report = run_study(settings)
+    except USER_ERRORS as err:  # a folder, a resumed other study, data
+        raise SystemExit(f'quickstart.py: error: {one_line_error(err)}')
     print(open(report).read())
 
 

@@ -35,13 +35,13 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from maxsup_mm import config_path
 from maxsup_mm.analysis.tables import (format_mean_std, markdown_table,
                                        mean_std)
+from maxsup_mm.apis import check_writable, resolve_config
 from maxsup_mm.fileio import atomic_write_json, atomic_write_text
 
 #: method name -> classification config (siblings that differ in the loss;
-#: :func:`maxsup_mm.config_path` finds them)
+#: :func:`maxsup_mm.apis.resolve_config` finds them from any directory)
 CLS_CONFIGS = {
     'CE': 'configs/quickstart/resnet18-tiny_1xb64-15e_digits.py',
     'LS': 'configs/quickstart/resnet18-tiny_1xb64-15e-ls_digits.py',
@@ -100,6 +100,39 @@ def _write_json(path: str, obj) -> None:
     atomic_write_json(path, obj)
 
 
+#: the settings that change what a finished run holds: a work dir keeps
+#: them (``study.json``) and is resumed only with the same ones
+RESULT_SETTINGS = ('epochs', 'seg_iters', 'seg_scenes')
+
+
+def _result_settings(s: StudySettings) -> dict:
+    return {k: list(v) if isinstance(v, tuple) else v
+            for k, v in ((k, getattr(s, k)) for k in RESULT_SETTINGS)}
+
+
+def check_study_dirs(s: StudySettings) -> None:
+    """Refuse, before any work, what would fail or mix studies: a work or
+    data dir that cannot be written, a work dir of a study with other
+    settings (its finished runs would be taken as this study's).
+
+    Raises:
+        ValueError: one line naming the folder and what to do.
+    """
+    check_writable(s.work_dir, '--work-dir', folder=True)
+    check_writable(s.data_dir, '--data-dir', folder=True)
+    done = _done(osp.join(s.work_dir, 'study.json'))
+    want = _result_settings(s)
+    if done is not None and done != want:
+        other = ', '.join(f'{k} {done.get(k)}' for k in RESULT_SETTINGS
+                          if done.get(k) != want[k])
+        asked = ', '.join(f'{k} {want[k]}' for k in RESULT_SETTINGS
+                          if done.get(k) != want[k])
+        raise ValueError(
+            f'--work-dir {s.work_dir} holds a study with other settings '
+            f'({other}; asked: {asked}); give another --work-dir, or the '
+            'options of that study (e.g. --fast) to resume it')
+
+
 def _data_roots(root: str) -> dict:
     """``--cfg-options`` pointing every dataloader of a config to ``root``."""
     return {f'{split}_dataloader.dataset.data_root': root
@@ -116,7 +149,7 @@ def _train(config: str, work: str, name: str, seed: int, data_root: str,
                **overrides, **extra}
     resume = 'auto' if osp.exists(osp.join(work, 'last_checkpoint')) else None
     runner = build_runner(
-        prepare_train_cfg(config_path(config), work_dir=work,
+        prepare_train_cfg(resolve_config(config), work_dir=work,
                           resume=resume, cfg_options=options))
     runner.train()
     return runner
@@ -152,7 +185,7 @@ def transfer_backbone(method: str, seed: int, cls_ckpt: str,
     os.makedirs(work, exist_ok=True)
     backbone = osp.join(work, 'backbone_mmseg.pth')
     convert_mmpretrain_to_mmseg(cls_ckpt, backbone,
-                                config=config_path(SEG_CONFIG), log=None)
+                                config=resolve_config(SEG_CONFIG), log=None)
     n = s.seg_iters
     runner = _train(SEG_CONFIG, work, f'seg_{method}', seed, scenes_root, {
         'model.backbone.init_cfg.checkpoint': backbone,
@@ -308,12 +341,18 @@ def write_report(s: StudySettings, per_run: List[dict], analysis_md: str,
 
 def run_study(s: StudySettings,
               log: Callable[[str], None] = print) -> str:
-    """Run the whole study (resumable); return the report's path."""
+    """Run the whole study (resumable); return the report's path.
+
+    Raises:
+        ValueError: :func:`check_study_dirs` refuses the folders.
+    """
     from maxsup_mm.analysis import compare
     from maxsup_mm.datasets import (load_digits_split, write_digit_scenes,
                                     write_digits_folder)
     start = time.time()
+    check_study_dirs(s)
     os.makedirs(s.work_dir, exist_ok=True)
+    _write_json(osp.join(s.work_dir, 'study.json'), _result_settings(s))
     digits_root = osp.join(s.data_dir, 'digits')
     scenes_root = osp.join(
         s.data_dir, f'digit_scenes_{s.seg_scenes[0]}x{s.seg_scenes[1]}')
@@ -334,7 +373,7 @@ def run_study(s: StudySettings,
     log('[quickstart] analysis: accuracy, calibration, feature geometry, '
         'logits, Grad-CAM, projection')
     analysis_dir = osp.join(s.work_dir, 'analysis')
-    spec = [(m, config_path(CLS_CONFIGS[m]), ckpts[m, seed])
+    spec = [(m, resolve_config(CLS_CONFIGS[m]), ckpts[m, seed])
             for m, seed in runs]
     analysed = compare(
         spec, analysis_dir, analyses=s.analyses, split='test',

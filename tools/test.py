@@ -8,10 +8,14 @@ Examples::
     python tools/test.py CONFIG CHECKPOINT --out metrics.json  # metrics
     bash tools/dist_test.sh CONFIG CHECKPOINT 8
 
-The checkpoint must fit the config's model exactly (every key, every shape,
-no NaN/Inf); ``--non-strict`` loads what fits and warns.  ``--out``,
-``--out-item``, ``--show-dir`` and ``--work-dir`` behave as in mmpretrain's
-``tools/test.py``.
+CONFIG is a file, one of ``configs/`` (from any directory) or
+``PACKAGE::PATH`` (``mmpretrain::resnet/resnet50_8xb32_in1k.py``).  The
+checkpoint must fit the config's model exactly (every key, every shape,
+no NaN/Inf); ``--non-strict`` loads what fits and warns.  An unconverted
+external checkpoint (DeiT code base, timm, Lightning, torchvision) is
+refused with the converter's command.  User errors end with one line.
+``--out``, ``--out-item``, ``--show-dir`` and ``--work-dir`` behave as in
+mmpretrain's ``tools/test.py``.
 """
 import argparse
 import os
@@ -19,8 +23,8 @@ import os.path as osp
 
 from mmengine.config import DictAction
 
-from maxsup_mm.apis import close_distributed, evaluate_checkpoint
-from maxsup_mm.checkpoint import CheckpointError
+from maxsup_mm.apis import (USER_ERRORS, check_writable, close_distributed,
+                            evaluate_checkpoint, one_line_error)
 from maxsup_mm.fileio import atomic_write, exit_on_sigterm
 
 PICKLE = ('.pkl', '.pickle')
@@ -124,6 +128,10 @@ def main(argv=None):
         item = out_item(args.out, args.out_item)
         if '://' not in args.checkpoint and not osp.isfile(args.checkpoint):
             raise FileNotFoundError(f'checkpoint not found: {args.checkpoint}')
+        if args.out:
+            check_writable(args.out, '--out')
+        if args.work_dir:
+            check_writable(args.work_dir, '--work-dir', folder=True)
         metrics = evaluate_checkpoint(
             args.config, args.checkpoint, work_dir=args.work_dir,
             tta=args.tta, cfg_options=args.cfg_options,
@@ -131,8 +139,8 @@ def main(argv=None):
             show_interval=args.interval,
             strict=not args.non_strict,
             dump_predictions=args.out if item == 'pred' else None)
-    except (CheckpointError, FileNotFoundError, ValueError) as err:
-        raise SystemExit(f'{prog}: error: {err}')
+    except USER_ERRORS as err:  # other exceptions are bugs: tracebacks
+        raise SystemExit(f'{prog}: error: {one_line_error(err)}')
     from mmengine.dist import is_main_process
     if is_main_process():
         for key, value in metrics.items():

@@ -6,6 +6,10 @@ Examples::
     bash tools/dist_train.sh configs/deit-small_maxsup.py 8
     python tools/train.py CONFIG --resume            # last checkpoint
     python tools/train.py CONFIG --resume work_dirs/x/epoch_3.pth
+
+CONFIG is a file, one of ``configs/`` (from any directory) or
+``PACKAGE::PATH`` (``mmpretrain::resnet/resnet50_8xb32_in1k.py``).  User
+errors (a missing or bad config, checkpoint or dataset) end with one line.
 """
 import argparse
 import os
@@ -13,8 +17,8 @@ import os.path as osp
 
 from mmengine.config import DictAction
 
-from maxsup_mm.apis import close_distributed, train_model
-from maxsup_mm.checkpoint import CheckpointError
+from maxsup_mm.apis import (USER_ERRORS, check_writable, close_distributed,
+                            one_line_error, train_model)
 
 
 def parse_args(argv=None):
@@ -52,12 +56,14 @@ def main(argv=None):
         raise SystemExit(f'train.py: error: --resume: checkpoint not found: '
                          f'{resume}')
     try:
+        if args.work_dir:
+            check_writable(args.work_dir, '--work-dir', folder=True)
         train_model(args.config, work_dir=args.work_dir, resume=resume,
                     cfg_options=args.cfg_options, amp=args.amp,
                     no_validate=args.no_validate,
                     auto_scale_lr=args.auto_scale_lr, launcher=args.launcher)
-    except CheckpointError as err:  # unsafe, corrupt or non-finite
-        raise SystemExit(f'train.py: error: {err}')
+    except USER_ERRORS as err:  # a bad checkpoint, config, data; not bugs
+        raise SystemExit(f'train.py: error: {one_line_error(err)}')
     close_distributed()
 
 

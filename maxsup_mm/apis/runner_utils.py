@@ -7,15 +7,19 @@ of modules) are used.  On machines without CUDA, distributed runs use the
 """
 import os
 import os.path as osp
+import warnings
 from typing import Optional
 
 import torch
 import torch.distributed as torch_dist
 from mmengine.config import Config, ConfigDict
 
+from maxsup_mm.datasets import use_checked_data
 from maxsup_mm.engine import exact_resume_loop_cfg
 # re-exported: ``maxsup_mm.apis.register_all`` is where tools found it
 from maxsup_mm.utils import register_all  # noqa: F401
+
+from .cli import resolve_config
 
 #: hooks every run of our tools gets unless the config lists them already
 DEFAULT_HOOKS = ('WeightsOnlyCheckpointHook', 'ReseedHook',
@@ -107,12 +111,23 @@ def build_runner(cfg: Config):
 
 def load_config(path: str, cfg_options: Optional[dict] = None,
                 launcher: str = 'none') -> Config:
-    """Load a config, apply ``--cfg-options`` and set the launcher."""
-    cfg = Config.fromfile(path)
+    """Load a config, apply ``--cfg-options`` and set the launcher.
+
+    ``path`` is found by :func:`~maxsup_mm.apis.cli.resolve_config` (a file,
+    one of our ``configs/`` from any directory, or ``PACKAGE::PATH``).
+    """
+    with warnings.catch_warnings():
+        # mmengine imports the deprecated pkg_resources to find the package
+        # of a PACKAGE::PATH _base_: a warning nobody running a tool can act
+        # on, printed before the tool's own output
+        warnings.filterwarnings('ignore', 'pkg_resources is deprecated',
+                                UserWarning)
+        cfg = Config.fromfile(resolve_config(path))
     if cfg_options:
         cfg.merge_from_dict(cfg_options)
     cfg.launcher = launcher
     register_all(cfg)
+    use_checked_data(cfg)  # broken data ends in one line
     init_cpu_distributed(cfg, launcher)
     if 'LOCAL_RANK' not in os.environ:
         os.environ['LOCAL_RANK'] = '0'

@@ -1,6 +1,6 @@
 """Train and test entry points shared by ``tools/`` and the quickstart."""
 import pickle
-from typing import Optional
+from typing import Any, Dict, Optional
 
 from mmengine.config import Config
 from mmengine.evaluator import DumpResults
@@ -8,7 +8,9 @@ from mmengine.hooks import Hook
 from mmengine.logging import print_log
 
 from maxsup_mm.checkpoint import (CheckpointError, check_finite,
-                                  load_state_dict_checked)
+                                  load_checkpoint, load_state_dict_checked)
+from maxsup_mm.converters import (EMA_ENTRIES, EXTERNAL_FORMATS,
+                                  external_format)
 from maxsup_mm.fileio import atomic_write
 
 from .runner_utils import (add_default_hooks, build_runner, default_work_dir,
@@ -176,6 +178,55 @@ class PredictionDump(DumpResults):
         return {}
 
 
+#: the scheme of ``load_from`` for a checkpoint already read by
+#: :func:`evaluate_checkpoint`: mmengine's ``CheckpointLoader`` hands the
+#: runner that object instead of reading the file a second time
+PRELOADED = 'maxsup-preloaded://'
+_preloaded: Dict[str, Any] = {}
+
+
+def _load_preloaded(filename: str, map_location=None) -> Any:
+    """mmengine loader of :data:`PRELOADED`: the object read before the
+    runner was built (once), else the file (e.g. a config dumped to the
+    work dir, evaluated again)."""
+    path = filename[len(PRELOADED):]
+    if path in _preloaded:
+        return _preloaded.pop(path)
+    return load_checkpoint(path, map_location or 'cpu')
+
+
+def read_test_checkpoint(checkpoint: str) -> Any:
+    """Read a checkpoint to evaluate, before any runner is built.
+
+    Loads it safely (:func:`maxsup_mm.checkpoint.load_checkpoint`) and
+    refuses the external formats that
+    :mod:`maxsup_mm.converters.external` recognises (DeiT code base, timm,
+    Lightning, torchvision): their keys fit no mmpretrain model; the message
+    gives the converter's command.
+
+    Args:
+        checkpoint (str): a local checkpoint file.
+
+    Returns:
+        the loaded checkpoint.
+
+    Raises:
+        CheckpointError: unsafe, corrupt or external; one line.
+        FileNotFoundError: no such file.
+    """
+    obj = load_checkpoint(checkpoint)
+    fmt = external_format(obj)
+    if fmt is not None:
+        ema = (' (add --ema for the EMA weights)' if fmt in EMA_ENTRIES
+               else '')
+        raise CheckpointError(
+            f'{checkpoint} is a {fmt} ({EXTERNAL_FORMATS[fmt]}), not an '
+            'OpenMMLab checkpoint: convert it first with python '
+            'tools/model_converters/external2mmpretrain.py '
+            f'{checkpoint} DST{ema} and test DST')
+    return obj
+
+
 def evaluate_checkpoint(config: str, checkpoint: str, strict: bool = True,
                         dump_predictions: Optional[str] = None,
                         **kwargs) -> dict:
@@ -184,6 +235,9 @@ def evaluate_checkpoint(config: str, checkpoint: str, strict: bool = True,
     The checkpoint must fit the config's model (every key, every shape, no
     NaN/Inf), else :class:`~maxsup_mm.checkpoint.CheckpointError`; a
     partly loaded network would give the metrics of a partly random one.
+    A local checkpoint is read once, before the runner is built
+    (:func:`read_test_checkpoint`: an unsafe, corrupt or external file is
+    refused before any log line), and handed to the runner.
 
     Args:
         config (str): config file path.
@@ -195,7 +249,22 @@ def evaluate_checkpoint(config: str, checkpoint: str, strict: bool = True,
     Returns:
         dict: the metrics.
     """
-    runner = build_runner(prepare_test_cfg(config, checkpoint, **kwargs))
+    cfg = prepare_test_cfg(config, checkpoint, **kwargs)
+    if '://' in checkpoint:  # a URL: mmengine reads it
+        return _test(cfg, checkpoint, strict, dump_predictions)
+    from mmengine.runner.checkpoint import CheckpointLoader
+    CheckpointLoader.register_scheme(PRELOADED, _load_preloaded, force=True)
+    _preloaded[checkpoint] = read_test_checkpoint(checkpoint)
+    cfg.load_from = PRELOADED + checkpoint
+    try:
+        return _test(cfg, checkpoint, strict, dump_predictions)
+    finally:  # not handed over (an error while building the runner)
+        _preloaded.pop(checkpoint, None)
+
+
+def _test(cfg: Config, checkpoint: str, strict: bool,
+          dump_predictions: Optional[str]) -> dict:
+    runner = build_runner(cfg)
     runner.register_hook(_CheckLoadedWeights(checkpoint, strict))
     if dump_predictions:
         runner.test_evaluator.metrics.append(

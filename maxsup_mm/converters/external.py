@@ -68,7 +68,8 @@ from .mmpretrain2mmseg import (RESNET_DEPTHS, ConversionError, _apply_rules,
                                _indices, check_against_target, read_config)
 
 __all__ = [
-    'EXTERNAL_FORMATS', 'RELEASED_CONFIGS', 'detect_external_format',
+    'EXTERNAL_FORMATS', 'RELEASED_CONFIGS', 'EMA_ENTRIES',
+    'detect_external_format', 'external_format',
     'extract_source_state_dict', 'detect_source_architecture',
     'map_external_keys', 'infer_target_model', 'matching_config',
     'expected_model_shapes', 'convert_external_state_dict',
@@ -211,6 +212,31 @@ def detect_external_format(obj) -> str:
         'unknown checkpoint: no state dict found (expected a DeiT "model" '
         'entry, a Lightning / OpenMMLab "state_dict" or a bare state dict of '
         f'tensors); top-level keys: {sorted(map(str, obj))[:8]}')
+
+
+def external_format(obj) -> Optional[str]:
+    """The external format of a loaded checkpoint, if it is one.
+
+    What :func:`detect_external_format` recognises, except an OpenMMLab
+    checkpoint (also one saved from a DDP-wrapped model, ``module.``
+    prefixes), which mmengine loads as it is.
+
+    Args:
+        obj: what :func:`maxsup_mm.checkpoint.load_checkpoint` returned.
+
+    Returns:
+        str or None: one of :data:`EXTERNAL_FORMATS`, or ``None`` (an
+        OpenMMLab checkpoint, or nothing this module recognises).
+    """
+    inner = obj.get('state_dict', obj) if isinstance(obj, dict) else None
+    if _is_state_dict(inner) and _is_openmmlab(
+            {k[len('module.'):] if k.startswith('module.') else k: None
+             for k in inner}):
+        return None
+    try:
+        return detect_external_format(obj)
+    except ConversionError:
+        return None
 
 
 def extract_source_state_dict(obj, fmt: str, ema: bool = False,

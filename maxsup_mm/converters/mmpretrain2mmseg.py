@@ -40,6 +40,7 @@ import torch
 from maxsup_mm.checkpoint import (CheckpointError, check_finite,
                                   load_checkpoint)
 from maxsup_mm.fileio import atomic_save
+from maxsup_mm.utils import config_path
 
 __all__ = [
     'ConversionError', 'convert_mmpretrain_to_mmseg', 'convert_state_dict',
@@ -371,8 +372,10 @@ def read_config(config: str):
     """Load a config file, or an upstream one as ``'mmseg::vit/x.py'``.
 
     Args:
-        config (str): a path, or ``scope::path`` inside an installed
-            OpenMMLab package.
+        config (str): a path, one of this project's configs
+            (:func:`maxsup_mm.config_path`: ``configs/...`` from any
+            directory), or ``scope::path`` inside an installed OpenMMLab
+            package.
 
     Returns:
         Config: the loaded config.
@@ -381,7 +384,7 @@ def read_config(config: str):
         from mmengine.hub import get_config
         return get_config(config)
     from mmengine.config import Config
-    return Config.fromfile(config)
+    return Config.fromfile(config_path(config))
 
 
 def target_backbone_from_config(config: str) -> Dict:

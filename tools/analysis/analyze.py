@@ -17,7 +17,9 @@ Commands (``analyze.py COMMAND --help`` for their options):
   gradcam             Grad-CAM overlays (ResNet, ViT / DeiT)
   extract-features    the features / logits / labels as .npz
 
-Each command also has its own script, ``tools/analysis/<command>.py`` with
+Configs are files, ``configs/...`` of maxsup-mm (from any directory) or
+``PACKAGE::PATH`` (``mmpretrain::resnet/resnet18_8xb32_in1k.py``).  Each
+command also has its own script, ``tools/analysis/<command>.py`` with
 ``-`` written ``_`` (e.g. ``calibration.py CONFIG CHECKPOINT``).  Every
 command but ``extract-features`` writes its figures, ``report.md`` and
 ``metrics.json`` to ``--out``.  User errors (an unsafe, corrupt, non-finite
@@ -34,7 +36,7 @@ from maxsup_mm.analysis import (ANALYSES, CompareSettings, ExtractionOptions,
                                 GradcamOptions, ProbeOptions,
                                 ProjectionOptions, RunSpec, compare,
                                 extract_features, parse_run_spec)
-from maxsup_mm.checkpoint import CheckpointError
+from maxsup_mm.apis import USER_ERRORS, one_line_error, resolve_config
 from maxsup_mm.fileio import exit_on_sigterm
 
 WRITES = ('Writes {} to `--out`\n(default: '
@@ -247,6 +249,10 @@ def _compare(name: str, args) -> str:
             f'{args.config}:{args.checkpoint}').name
         runs = [RunSpec(name, args.config, args.checkpoint)]
         analyses = command.analyses
+    # configs from any directory, and PACKAGE::PATH (names stay as given)
+    runs = [run._replace(cfg=resolve_config(run.cfg)) for run in runs]
+    if getattr(args, 'probe_config', None):
+        args.probe_config = resolve_config(args.probe_config)
     out = args.out or osp.join(
         osp.dirname(osp.abspath(runs[0].checkpoint)), 'analysis',
         runs[0].name if len(runs) == 1 else 'compare')
@@ -256,7 +262,7 @@ def _compare(name: str, args) -> str:
 
 def _extract(args) -> dict:
     out = extract_features(
-        args.config, args.checkpoint, split=args.split,
+        resolve_config(args.config), args.checkpoint, split=args.split,
         batch_size=args.batch_size, num_workers=args.num_workers,
         device=args.device, cache=args.out or True,
         max_samples=args.max_samples, cfg_options=args.cfg_options,
@@ -309,8 +315,8 @@ def run_command(name: str, argv: Optional[Sequence[str]] = None,
     exit_on_sigterm()
     try:
         return run(args)
-    except (CheckpointError, FileNotFoundError, ValueError) as err:
-        raise SystemExit(f'{parser.prog}: error: {err}')
+    except USER_ERRORS as err:  # other exceptions are bugs: tracebacks
+        raise SystemExit(f'{parser.prog}: error: {one_line_error(err)}')
 
 
 def main(argv: Optional[Sequence[str]] = None):

@@ -24,8 +24,9 @@ The logic lives in :mod:`maxsup_mm.converters.external`.
 import argparse
 import sys
 
-from maxsup_mm.converters import (ConversionError,
-                                  convert_external_checkpoint)
+from maxsup_mm.apis import (USER_ERRORS, check_writable, one_line_error,
+                            resolve_config)
+from maxsup_mm.converters import convert_external_checkpoint
 
 
 def parse_args(argv=None):
@@ -44,7 +45,8 @@ def parse_args(argv=None):
         'checkpoint, "state_dict_ema" of a timm train.py checkpoint')
     parser.add_argument(
         '--config', help='an mmpretrain config whose model must accept the '
-        'converted weights exactly (default: the matching config, e.g. '
+        'converted weights exactly: a file, one of configs/ or '
+        'PACKAGE::PATH (default: the matching config, e.g. '
         'configs/released/deit-small_official_in1k.py)')
     return parser.parse_args(argv)
 
@@ -52,11 +54,13 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
+        check_writable(args.dst, 'DST')
+        config = resolve_config(args.config) if args.config else None
         convert_external_checkpoint(args.src, args.dst, ema=args.ema,
-                                    config=args.config)
-    except ConversionError as err:
-        message = ' '.join(str(err).split())  # one line
-        print(f'external2mmpretrain: error: {message}', file=sys.stderr)
+                                    config=config)
+    except USER_ERRORS as err:  # ConversionError, a bad path or config
+        print(f'external2mmpretrain: error: {one_line_error(err)}',
+              file=sys.stderr)
         return 1
     return 0
 

@@ -14,8 +14,9 @@ The logic lives in :mod:`maxsup_mm.converters.mmpretrain2mmseg`.
 import argparse
 import sys
 
-from maxsup_mm.converters import (ConversionError,
-                                  convert_mmpretrain_to_mmseg)
+from maxsup_mm.apis import (USER_ERRORS, check_writable, one_line_error,
+                            resolve_config)
+from maxsup_mm.converters import convert_mmpretrain_to_mmseg
 from maxsup_mm.fileio import exit_on_sigterm
 
 
@@ -28,8 +29,9 @@ def parse_args(argv=None):
     parser.add_argument('dst', help='output path (written atomically)')
     parser.add_argument(
         '--config', help='an mmseg config whose model.backbone must accept '
-        'the converted weights exactly (default: the mmseg backbone '
-        'equivalent to the checkpoint)')
+        'the converted weights exactly: a file, one of configs/ or '
+        'PACKAGE::PATH (default: the mmseg backbone equivalent to the '
+        'checkpoint)')
     return parser.parse_args(argv)
 
 
@@ -39,9 +41,12 @@ def main(argv=None) -> int:
     # and DST is left as it was (absent or the previous conversion)
     exit_on_sigterm()
     try:
-        convert_mmpretrain_to_mmseg(args.src, args.dst, config=args.config)
-    except ConversionError as err:
-        print(f'mmpretrain2mmseg: error: {err}', file=sys.stderr)
+        check_writable(args.dst, 'DST')
+        config = resolve_config(args.config) if args.config else None
+        convert_mmpretrain_to_mmseg(args.src, args.dst, config=config)
+    except USER_ERRORS as err:  # ConversionError, a bad path or config
+        print(f'mmpretrain2mmseg: error: {one_line_error(err)}',
+              file=sys.stderr)
         return 1
     except (KeyboardInterrupt, SystemExit) as err:
         code = 130 if isinstance(err, KeyboardInterrupt) else err.code
