@@ -1,6 +1,15 @@
-"""FFCV's ImageNet evaluation transform as an mmpretrain transform.
+"""Transforms: FFCV's ImageNet evaluation crop, and image loading that
+names an image it cannot decode.
 
-The authors' ResNet-50s (``Conv/ffcv``) were evaluated on an FFCV copy of
+:class:`CheckedLoadImageFromFile` is mmcv's ``LoadImageFromFile`` whose
+undecodable images (corrupt, truncated, empty, not an image: OpenCV returns
+``None``, Pillow raises) end in a one-line
+:class:`~maxsup_mm.datasets.errors.DatasetError` naming the file, instead of
+an ``AssertionError``, ``cv2.error`` or ``OSError`` with a traceback;
+:func:`check_image_loading` puts it in place of ``LoadImageFromFile`` in a
+pipeline (what ``CheckedImageNet`` does).
+
+:class:`FFCVCenterCrop`, FFCV's ImageNet evaluation transform: the authors' ResNet-50s (``Conv/ffcv``) were evaluated on an FFCV copy of
 ImageNet-val: ``write_imagenet.py`` stores each image after shrinking it so
 that its longer side is at most ``max_resolution`` (500 px, OpenCV
 ``INTER_AREA``), and the validation loader decodes it with
@@ -14,15 +23,116 @@ integer padding), hence :class:`FFCVCenterCrop`.
 Not reproduced: the writer's ``proportion`` mode stores about half of the
 images as JPEG (quality 90) instead of raw pixels; which ones is random.
 """
-from typing import Optional, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import mmcv
 import numpy as np
-from mmcv.transforms import BaseTransform
+from mmcv.image.io import imread_flags, supported_backends
+from mmcv.transforms import BaseTransform, LoadImageFromFile
+from mmengine import fileio
 from mmpretrain.registry import TRANSFORMS
 
+from .errors import DatasetError
+
 __all__ = ['ffcv_max_resolution_size', 'ffcv_center_crop_box',
-           'FFCVCenterCrop']
+           'FFCVCenterCrop', 'decode_image', 'CheckedLoadImageFromFile',
+           'check_image_loading']
+
+
+def decode_image(content: bytes, path: str, flag: str = 'color',
+                 backend: Optional[str] = None) -> np.ndarray:
+    """``mmcv.imfrombytes``, or a one-line error naming the file.
+
+    Args:
+        content (bytes): the file's bytes.
+        path (str): the file, for the message.
+        flag (str): ``mmcv.imfrombytes``'s ``flag``.
+        backend (str, optional): ``mmcv.imfrombytes``'s ``backend``.
+
+    Returns:
+        np.ndarray: the image.
+
+    Raises:
+        DatasetError: the bytes do not decode (OpenCV returns ``None``,
+            Pillow and the other backends raise).
+    """
+    try:
+        img = mmcv.imfrombytes(content, flag=flag, backend=backend)
+    except Exception:  # the decoders' errors on bad bytes vary by backend
+        img = None
+    if img is None:
+        raise DatasetError(
+            f'{path}: cannot decode the image (corrupt or not an image '
+            'file); replace the file, or delete it and its line in the '
+            'annotation file')
+    return img
+
+
+@TRANSFORMS.register_module()
+class CheckedLoadImageFromFile(LoadImageFromFile):
+    """mmcv's ``LoadImageFromFile`` that names an image it cannot decode.
+
+    Same arguments and results; an image that does not decode raises a
+    one-line :class:`DatasetError` (with ``ignore_empty=True`` the
+    transform returns ``None``, as upstream), and an unknown
+    ``imdecode_backend`` or ``color_type`` is refused when the transform is
+    built (mmcv fails on the first image).  Files that cannot be read raise
+    what ``mmengine.fileio.get`` raises (``FileNotFoundError`` ...).
+
+    **Required Keys:** ``img_path``. **Added Keys:** ``img``,
+    ``img_shape``, ``ori_shape``.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        backend = self.imdecode_backend
+        if backend is not None and backend not in supported_backends:
+            raise ValueError(
+                f'{type(self).__name__}: unknown imdecode_backend '
+                f'{backend!r}; give one of {", ".join(supported_backends)}')
+        if isinstance(self.color_type, str) and \
+                self.color_type not in imread_flags:
+            raise ValueError(
+                f'{type(self).__name__}: unknown color_type '
+                f'{self.color_type!r}; give one of {", ".join(imread_flags)}')
+
+    def _get(self, filename: str) -> bytes:
+        if self.file_client_args is not None:
+            return fileio.FileClient.infer_client(
+                self.file_client_args, filename).get(filename)
+        return fileio.get(filename, backend_args=self.backend_args)
+
+    def transform(self, results: dict) -> Optional[dict]:
+        filename = results['img_path']
+        try:
+            img = decode_image(self._get(filename), filename,
+                               self.color_type, self.imdecode_backend)
+        except Exception:
+            if self.ignore_empty:
+                return None
+            raise
+        if self.to_float32:
+            img = img.astype(np.float32)
+        results['img'] = img
+        results['img_shape'] = img.shape[:2]
+        results['ori_shape'] = img.shape[:2]
+        return results
+
+
+def check_image_loading(pipeline: Sequence) -> List:
+    """``pipeline`` with each ``LoadImageFromFile`` step (a config dict)
+    replaced by :class:`CheckedLoadImageFromFile` with the same arguments.
+
+    Args:
+        pipeline (Sequence): transform configs (or built transforms, kept).
+
+    Returns:
+        list: the new pipeline.
+    """
+    return [dict(step, type=CheckedLoadImageFromFile)
+            if isinstance(step, dict)
+            and step.get('type') in ('LoadImageFromFile', LoadImageFromFile)
+            else step for step in pipeline]
 
 
 def ffcv_max_resolution_size(height: int, width: int,
