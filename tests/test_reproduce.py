@@ -12,6 +12,7 @@ Table 3).
 import json
 import os.path as osp
 import pickle
+import re
 import subprocess
 import sys
 
@@ -184,14 +185,16 @@ def _rows(report, section):
     return {r['name']: r for r in report['sections'][section]['rows']}
 
 
-def _val_images(root):
-    """ImageNet val as the oracle reads it: PIL, RGB, labels from meta."""
+def _val_images(root, split='val'):
+    """ImageNet val (or train) as the oracle reads it: PIL, RGB, labels from
+    meta."""
     from PIL import Image
     imgs, labels = [], []
-    for line in open(osp.join(root, 'meta', 'val.txt')).read().split('\n'):
+    for line in open(osp.join(root, 'meta', f'{split}.txt')).read().split(
+            '\n'):
         if line:
             name, label = line.split()
-            img = np.asarray(Image.open(osp.join(root, 'val', name))
+            img = np.asarray(Image.open(osp.join(root, split, name))
                              .convert('RGB'), dtype=np.float32)
             imgs.append(torch.from_numpy(img).permute(2, 0, 1))
             labels.append(int(label))
@@ -207,8 +210,10 @@ def test_every_format_is_detected_and_converted_once(full_run):
         'baseline': 'torchvision-state-dict', 'mine': 'timm-state-dict',
         'ols-s0': 'mmpretrain'}
     assert rows['ols-s0']['checkpoint'].endswith('r18_mmpretrain.pth')
-    assert rows['maxsup']['checkpoint'] == str(work / 'checkpoints' /
-                                               'maxsup.pth')
+    # converted files: named after the run, keyed by what was converted
+    assert re.fullmatch(re.escape(str(work / 'checkpoints' / 'maxsup-'))
+                        + '[0-9a-f]{12}\\.pth', rows['maxsup']['checkpoint'])
+    assert len({r['checkpoint'] for r in rows.values()}) == 5
     # one conversion per external file, one feature pass per split
     assert stdout.count('[external2mmpretrain]') >= 4
     assert stdout.count('converting') >= 4
@@ -228,7 +233,8 @@ def test_top1_and_val_geometry_equal_a_direct_forward(full_run, world):
     ours = _rows(report, 'top1')['maxsup']
     assert ours['top1'] == pytest.approx(top1, abs=1e-9)
     assert ours['num_images'] == len(labels) == 16
-    sep = class_separation(feats.numpy(), labels)
+    # Tables 2/9 by default: Kornblith et al.'s formula, self-pairs included
+    sep = class_separation(feats.numpy(), labels, include_self=True)
     geo = _rows(report, 'geometry')['maxsup']
     for key in ('d_within', 'd_total', 'r2'):
         assert geo['val'][key] == pytest.approx(sep[key], rel=1e-5)
@@ -384,7 +390,10 @@ def test_table6_commands_reuse_the_conversion_and_merge(full_run, world,
     assert tool.main(argv) == 0
     out = capsys.readouterr().out
     assert 'was converted before: reusing' in out
-    seg_ckpt = str(work / 'seg' / 'baseline_mmseg.pth')
+    report = json.load(open(work / 'report.json'))
+    seg_ckpt = _rows(report, 'segmentation')['baseline']['mmseg_checkpoint']
+    assert re.fullmatch(re.escape(str(work / 'seg' / 'baseline-'))
+                        + '[0-9a-f]{12}_mmseg\\.pth', seg_ckpt)
     cfg = w['seg_cfg']
     for cmd in (f'bash tools/dist_train.sh {cfg} 8 --work-dir '
                 'work_dirs/upernet_r18_8xb2-80k_ade20k_baseline '
@@ -401,7 +410,13 @@ def test_table6_commands_reuse_the_conversion_and_merge(full_run, world,
     report = json.load(open(work / 'report.json'))
     assert set(report['sections']) == {'top1', 'geometry', 'probe',
                                        'segmentation'}
-    assert list(_rows(report, 'segmentation')) == ['baseline']
+    # only the rows of the runs of this command are replaced
+    seg_rows = _rows(report, 'segmentation')
+    assert set(seg_rows) == {'maxsup', 'ls', 'baseline', 'mine', 'ols-s0'}
+    assert seg_rows['baseline']['upernet_config'] == cfg
+    assert seg_rows['baseline']['command'].startswith(
+        'python tools/reproduce.py --tables 6 --run baseline=')
+    assert '--tables 2 3 4 5 6 9' in seg_rows['ls']['command']
     assert '--tables 2 3 4 5 6 9' in report['sections']['top1']['command']
     assert 'paper: 42.1 MS mIoU' in md and 'bash tools/dist_train.sh' in md
     # the converted backbone fits the UperNet config's backbone exactly
@@ -494,3 +509,257 @@ def test_method_names_select_the_papers_row():
         'lsr', 'mine')] == [
         'baseline', 'baseline', 'ls', 'ls', 'ls', 'maxsup', 'maxsup', 'ols',
         'zipf', 'lp', 'lp', None, None, None]
+
+
+# ---------------------------------------------------------------------------
+# configs named in a checkpoint: only ours, matched by name, are used
+# ---------------------------------------------------------------------------
+QUICKSTART_CFG = 'configs/quickstart/resnet18-tiny_1xb64-15e_digits.py'
+EVIL_CONFIG = "open({marker!r}, 'w').write('ran')\n"
+
+
+def _with_meta_config(path, config, state_dict=None):
+    """An mmpretrain checkpoint whose ``meta['config']`` is ``config``."""
+    torch.save({'state_dict': state_dict or {
+        'backbone.conv1.weight': torch.zeros(1)},
+        'meta': {'config': config}}, str(path))
+    return str(path)
+
+
+def _quickstart_state(seed=0):
+    """Random weights of the quickstart ResNet-18 (a small config of ours)."""
+    from mmengine.config import Config
+    from mmpretrain.registry import MODELS
+    from mmpretrain.utils import register_all_modules
+    register_all_modules(init_default_scope=False)
+    torch.manual_seed(seed)
+    cfg = Config.fromfile(osp.join(ROOT, QUICKSTART_CFG))
+    return MODELS.build(cfg.model).state_dict()
+
+
+@pytest.mark.parametrize('name, ours', [
+    ('configs/released/deit-small_official_in1k.py',
+     'released/deit-small_official_in1k.py'),
+    ('released/resnet50-blurpool_official_in1k.py',
+     'released/resnet50-blurpool_official_in1k.py'),
+    ('mmpretrain::resnet/resnet50_8xb32_in1k.py', None),
+    (osp.join(ROOT, 'configs/released/deit-small_official_in1k.py'), False),
+    ('configs/../configs/released/deit-small_official_in1k.py', False),
+    ('released/../../tests/data/configs/resnet18_maxsup_tiny.py', False),
+    ('tests/data/configs/resnet18_maxsup_tiny.py', False),
+    ('mmpretrain::../../../../tests/data/configs/x.py', False),
+    ('released/no_such_config.py', False),
+])
+def test_only_our_configs_are_taken_from_a_checkpoint(name, ours, tmp_path):
+    """``meta['config']`` is used only when it names one of the configs of
+    ``configs/`` (or the upstream configs the converter writes); anything
+    else, a path above all, is refused in one line."""
+    from tools.paper.runs import parse_run, prepare_checkpoint
+    run = parse_run(f'maxsup={_with_meta_config(tmp_path / "c.pth", name)}')
+    if ours is False:
+        with pytest.raises(ValueError) as err:
+            prepare_checkpoint(run, str(tmp_path), log=lambda m: None)
+        message = str(err.value)
+        assert '\n' not in message and name in message
+        assert 'maxsup=CHECKPOINT:CONFIG' in message and '--config' in message
+        return
+    prepare_checkpoint(run, str(tmp_path), log=lambda m: None)
+    if ours is None:  # an upstream config of the converter's, by name
+        assert run.config == name
+    else:
+        assert osp.samefile(run.config, osp.join(ROOT, 'configs', ours))
+
+
+@pytest.mark.slow
+def test_config_named_in_a_checkpoint_is_never_run(imagenet_root, tmp_path,
+                                                   capsys, monkeypatch):
+    tool = _tool()
+    marker = tmp_path / 'config_ran'
+    evil = _write(tmp_path / 'evil_config.py',
+                  EVIL_CONFIG.format(marker=str(marker)))
+    monkeypatch.chdir(tmp_path)  # a relative path would resolve too
+    state = _quickstart_state()
+    work = tmp_path / 'work'
+    base = ['--tables', '4', '--imagenet-root', imagenet_root, '--work-dir',
+            str(work), '--device', 'cpu', '--num-workers', '0']
+    for i, name in enumerate((evil, 'evil_config.py')):
+        ckpt = _with_meta_config(tmp_path / f'evil{i}.pth', name, state)
+        assert tool.main(base + ['--run', f'mine={ckpt}']) == 1
+        err = capsys.readouterr().err.strip()
+        assert err.startswith('reproduce: error: ') and '\n' not in err
+        assert name in err and 'mine=CHECKPOINT:CONFIG' in err, err
+        assert not marker.exists()
+        assert not (work / 'report.json').exists()
+    # the way out: the user names the config
+    ours = osp.join(ROOT, QUICKSTART_CFG)
+    assert tool.main(base + ['--run', f'mine={ckpt}:{ours}']) == 0
+    assert not marker.exists()
+    # a checkpoint naming one of our configs still works
+    good = _with_meta_config(tmp_path / 'good.pth', QUICKSTART_CFG, state)
+    assert tool.main(base + ['--run', f'ce={good}']) == 0
+    report = json.load(open(work / 'report.json'))
+    row = _rows(report, 'top1')['ce']
+    assert osp.samefile(row['config'], ours)
+    assert row['num_images'] == 16 and row['format'] == 'mmpretrain'
+    assert not marker.exists()
+
+
+# ---------------------------------------------------------------------------
+# Tables 2 / 9: Kornblith et al.'s formula, self-pairs included
+# ---------------------------------------------------------------------------
+def _separation_oracle(features, labels, include_self):
+    """d_within, d_total, R^2 by brute force over all ordered (m, n) pairs
+    of every class pair (j, k), each block's sum divided by its number of
+    pairs: N_j N_k, or N_k (N_k - 1) on the diagonal without self-pairs."""
+    x = np.asarray(features, np.float64)
+    u = x / np.linalg.norm(x, axis=1, keepdims=True)
+    dist = 1.0 - u @ u.T
+    classes = np.unique(labels)
+    within, blocks = [], []
+    for j in classes:
+        for k in classes:
+            rows, cols = np.flatnonzero(labels == j), np.flatnonzero(
+                labels == k)
+            total = count = 0
+            for m in rows:
+                for n in cols:
+                    if m == n and not include_self:
+                        continue
+                    total, count = total + dist[m, n], count + 1
+            blocks.append(total / count)
+            if j == k:
+                within.append(total / count)
+    d_within, d_total = np.mean(within), np.mean(blocks)
+    return dict(d_within=d_within, d_total=d_total,
+                r2=1 - d_within / d_total)
+
+
+def _vit_features(world, split):
+    x, labels = _val_images(world['imagenet'], split)
+    vit = world['vit']
+    with torch.no_grad():
+        feats = vit.forward_head(vit.forward_features(x), pre_logits=True)
+    return feats.numpy(), labels
+
+
+@pytest.mark.slow
+def test_geometry_tables_use_kornblith_formula_with_self_pairs(world,
+                                                               tmp_path):
+    """Tables 2/9 by default divide each class's within-class sum by N_k^2
+    (Kornblith et al.); ``--exclude-self-pairs`` by N_k (N_k - 1); the
+    report says which."""
+    tool = _tool()
+    w = world
+    work = tmp_path / 'work'
+    argv = ['--tables', '2', '9', '--run', f'maxsup={w["deit"]}:'
+            f'{w["vit_cfg"]}', '--imagenet-root', w['imagenet'],
+            '--work-dir', str(work), '--device', 'cpu', '--num-workers', '0',
+            '--batch-size', '8', '--max-train-samples', '0']
+    oracle = {split: _vit_features(w, split) for split in ('train', 'val')}
+    for extra, include_self, word in (([], True, 'included'),
+                                      (['--exclude-self-pairs'], False,
+                                       'excluded')):
+        assert tool.main(argv + extra) == 0
+        report = json.load(open(work / 'report.json'))
+        section = report['sections']['geometry']
+        (row, ) = section['rows']
+        for split, (feats, labels) in oracle.items():
+            want = _separation_oracle(feats, labels, include_self)
+            other = _separation_oracle(feats, labels, not include_self)
+            assert row[split]['num_samples'] == len(labels)
+            for key in ('d_within', 'd_total', 'r2'):
+                assert row[split][key] == pytest.approx(want[key], rel=1e-5)
+                # the tolerance tells the two conventions apart
+                assert abs(want[key] - other[key]) > 1e-4 * abs(want[key])
+        assert section['settings']['self_pairs'] == word
+        assert row['self_pairs'] == word
+        md = open(work / 'report.md').read()
+        assert f'| train | 32 | {word} |' in md
+        assert f'| val | 16 | {word} |' in md
+
+
+# ---------------------------------------------------------------------------
+# tables one command at a time: every conversion and every row is kept
+# ---------------------------------------------------------------------------
+@pytest.mark.slow
+def test_tables_one_at_a_time_keep_every_conversion_and_row(world, tmp_path,
+                                                            capsys):
+    tool = _tool()
+    w = world
+    work = tmp_path / 'work'
+    base = ['--imagenet-root', w['imagenet'], '--work-dir', str(work),
+            '--device', 'cpu', '--num-workers', '0', '--batch-size', '8']
+    run_a = f'maxsup={w["lightning"]}:{w["blur_cfg"]}'   # Table 4
+    run_b = f'maxsup={w["deit"]}:{w["vit_cfg"]}'         # Table 5
+    assert tool.main(['--tables', '4', '--run', run_a] + base) == 0
+    (row_a, ) = _rows(json.load(open(work / 'report.json')),
+                      'top1').values()
+    ckpt_a = row_a['checkpoint']
+    with open(ckpt_a, 'rb') as f:
+        bytes_a = f.read()
+    assert tool.main(['--tables', '5', '--run', run_b] + base) == 0
+    with open(ckpt_a, 'rb') as f:
+        assert f.read() == bytes_a
+    rows = json.load(open(work / 'report.json'))['sections']['top1']['rows']
+    assert sorted((r['name'], r['source']) for r in rows) == sorted(
+        [('maxsup', w['lightning']), ('maxsup', w['deit'])])
+    ckpts = {r['source']: r['checkpoint'] for r in rows}
+    assert ckpts[w['lightning']] == ckpt_a != ckpts[w['deit']]
+    # each file holds its own source's weights
+    assert 'backbone.cls_token' in load_checkpoint(
+        ckpts[w['deit']])['state_dict']
+    assert 'backbone.layer1.0.conv1.weight' in load_checkpoint(
+        ckpt_a)['state_dict']
+    md = open(work / 'report.md').read()
+    for r in rows:
+        assert f'| maxsup | MaxSup | {r["architecture"]} | 16 | ' \
+            f'{r["top1"]:.2f} |' in md
+        assert f'`{r["checkpoint"]}`' in md
+    assert '--tables 4' in md and '--tables 5' in md
+    # the same run (name and source) again: its row is replaced, the
+    # conversion reused
+    capsys.readouterr()
+    assert tool.main(['--tables', '4', '--run', run_a] + base) == 0
+    assert 'was converted before: reusing' in capsys.readouterr().out
+    rows = json.load(open(work / 'report.json'))['sections']['top1']['rows']
+    assert sorted(r['source'] for r in rows) == sorted([w['lightning'],
+                                                        w['deit']])
+    with open(ckpt_a, 'rb') as f:
+        assert f.read() == bytes_a
+
+
+def _top1_row(name, source, top1):
+    return dict(name=name, method='maxsup', source=source,
+                source_path=osp.abspath(source), format='mmpretrain',
+                conversion=None, checkpoint=source, config='c.py',
+                architecture=f'arch of {source}', arch_key=None, top1=top1,
+                num_images=16, paper=None, paper_source='')
+
+
+def test_report_keeps_the_rows_of_other_runs(tmp_path):
+    """A command replaces the rows of its own runs (same name and source)
+    and keeps all others, each with the command that computed it."""
+    from tools.paper.report import write_report
+
+    def command(n, *rows):
+        section = dict(time=f't{n}', command=f'cmd {n}', settings={},
+                       rows=list(rows))
+        write_report(str(tmp_path), dict(top1=section))
+        return json.load(open(tmp_path / 'report.json'))
+
+    command(1, _top1_row('maxsup', 'a.pth', 10.0))
+    command(2, _top1_row('maxsup', 'b.pth', 20.0))
+    report = command(3, _top1_row('maxsup', 'a.pth', 30.0),
+                     _top1_row('ls', 'a.pth', 40.0))
+    rows = report['sections']['top1']['rows']
+    assert [(r['name'], r['source'], r['top1'], r['command'])
+            for r in rows] == [('maxsup', 'a.pth', 30.0, 'cmd 3'),
+                               ('maxsup', 'b.pth', 20.0, 'cmd 2'),
+                               ('ls', 'a.pth', 40.0, 'cmd 3')]
+    md = open(tmp_path / 'report.md').read()
+    for text in ('| maxsup | MaxSup | arch of a.pth | 16 | 30.00 |',
+                 '| maxsup | MaxSup | arch of b.pth | 16 | 20.00 |',
+                 '| ls | MaxSup | arch of a.pth | 16 | 40.00 |',
+                 'cmd 2', 'cmd 3'):
+        assert text in md
+    assert '10.00' not in md and 'cmd 1' not in md

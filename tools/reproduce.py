@@ -3,10 +3,13 @@
 Each run is ``NAME=CHECKPOINT`` or ``NAME=CHECKPOINT:CONFIG``. The checkpoint
 is the authors' release (DeiT code base ``checkpoint_deit``, the Lightning
 ResNet-50s), a timm / torchvision file or your own mmpretrain checkpoint;
-external formats are detected and converted once into ``WORK_DIR/checkpoints``
-(the matching config, e.g. ``configs/released/*``, is chosen for them). The
-name selects the paper's row: baseline (or ce), ls, zipf, ols, maxsup, lp
-(e.g. ``maxsup-s1``); other names get no paper column.
+external formats are detected and converted once into
+``WORK_DIR/checkpoints/NAME-HASH.pth`` (HASH: the source's content, --ema and
+the config; the matching config, e.g. ``configs/released/*``, is chosen for
+them). A config named inside an mmpretrain checkpoint is used only if it is
+one of ours (``configs/...``); any other must be given (``:CONFIG`` or
+--config). The name selects the paper's row: baseline (or ce), ls, zipf, ols,
+maxsup, lp (e.g. ``maxsup-s1``); other names get no paper column.
 
 Tables:
   4, 5   top-1 on ImageNet-val (ResNets: Table 4, DeiT-Small: Table 5)
@@ -14,9 +17,14 @@ Tables:
   3      linear probe of the frozen features on CIFAR-10
   6      convert for mmseg and print the UperNet fine-tune / MS-test commands
 
+Tables 2/9 count the self-pairs (m = n) as Kornblith et al., whom the paper
+cites, do (each class's sum over N_k^2 pairs divided by N_k^2);
+--exclude-self-pairs divides by N_k (N_k - 1) instead. The report says which.
+
 Writes WORK_DIR/report.md (our numbers beside the paper's) and
-WORK_DIR/report.json (raw numbers); a later command replaces the tables it
-recomputes and keeps the others.
+WORK_DIR/report.json (raw numbers); a later command replaces the rows of the
+runs it evaluates (same name and checkpoint file) and keeps every other row
+and table.
 """
 import argparse
 import datetime
@@ -77,6 +85,11 @@ def parse_args(argv=None):
         '--max-train-samples', type=int, default=50000, metavar='N',
         help='Tables 2/9: random train images (default 50000, about 50 per '
         'class; 0: all 1.28M)')
+    parser.add_argument(
+        '--exclude-self-pairs', action='store_true',
+        help='Tables 2/9: leave the m = n self-pairs out of d_within and '
+        'd_total (divide by N_k (N_k - 1)); default: Kornblith et al.\'s '
+        'formula as the paper cites it (N_k^2 pairs, self-pairs included)')
     parser.add_argument(
         '--cifar10-root', default='data/cifar10',
         help='Table 3: folder holding cifar-10-batches-py/ (default '
@@ -155,12 +168,13 @@ def run_tables(args, argv, log=print) -> str:
         num_workers=args.num_workers, seed=args.seed, log=log)
     rows = {key: [] for key in sections}
     limit = args.max_train_samples or None
+    include_self = not args.exclude_self_pairs
     for run in runs:
         if 'top1' in sections:
             rows['top1'].append(pipelines.top1_row(run, features))
         if 'geometry' in sections:
             rows['geometry'].append(
-                pipelines.geometry_row(run, features, limit))
+                pipelines.geometry_row(run, features, limit, include_self))
         if 'probe' in sections:
             rows['probe'].append(pipelines.probe_row(
                 run, features, args.cifar10_root, args.probe_size,
@@ -172,7 +186,8 @@ def run_tables(args, argv, log=print) -> str:
     settings = dict(
         top1=dict(imagenet_root=args.imagenet_root, device=args.device),
         geometry=dict(imagenet_root=args.imagenet_root,
-                      max_train_samples=limit, seed=args.seed),
+                      max_train_samples=limit, seed=args.seed,
+                      self_pairs=pipelines.self_pairs_label(include_self)),
         probe=dict(cifar10_root=args.cifar10_root,
                    probe_size=args.probe_size, seed=args.seed),
         segmentation=dict(seg_config=args.seg_config,

@@ -31,7 +31,7 @@ from .data import (build_split_dataset, input_size, load_analysis_config,
 
 __all__ = ['extract_features', 'load_analysis_config', 'build_classifier',
            'load_weights', 'build_split_dataset', 'find_classifier_layer',
-           'unpack_batch_images', 'CACHE_VERSION']
+           'unpack_batch_images', 'file_digest', 'CACHE_VERSION']
 
 #: bump when the content of the cache files changes
 CACHE_VERSION = 2
@@ -108,10 +108,38 @@ def find_classifier_layer(model: nn.Module) -> nn.Linear:
     return linears[-1]
 
 
-def _file_id(path: str) -> dict:
+#: file_digest's memo: (real path, device, inode, size, mtime, ctime) ->
+#: sha256; the ctime changes whenever the file is written or its times are
+#: set (``os.utime``, ``touch -r``, ``cp -p``), so a replaced file is hashed
+#: again even when its size and mtime are the old ones
+_DIGESTS: Dict[tuple, str] = {}
+
+
+def file_digest(path: str) -> str:
+    """The sha256 (hex) of a file's content, streamed.
+
+    Computed once per file (and version of it) per process: the result is
+    memoised under the file's identity and status times, which any write
+    changes.  What caches of checkpoints are keyed by (the features here,
+    converted checkpoints in the tools): the content, never the path, size
+    or modification time, which a replaced file can keep.
+
+    Args:
+        path (str): the file.
+
+    Returns:
+        str: 64 hex digits.
+    """
     st = os.stat(path)
-    return dict(path=osp.abspath(path), size=st.st_size,
-                mtime_ns=st.st_mtime_ns)
+    key = (osp.realpath(path), st.st_dev, st.st_ino, st.st_size,
+           st.st_mtime_ns, st.st_ctime_ns)
+    if key not in _DIGESTS:
+        sha = hashlib.sha256()
+        with open(path, 'rb') as f:
+            for chunk in iter(lambda: f.read(1 << 20), b''):
+                sha.update(chunk)
+        _DIGESTS[key] = sha.hexdigest()
+    return _DIGESTS[key]
 
 
 def _cfg_text(cfg) -> str:
@@ -126,8 +154,8 @@ def _cache_key(cfg, checkpoint, split, max_samples, seed, data_cfg=None,
     text = _cfg_text(cfg)
     if data_cfg is not None:
         text += _cfg_text(data_cfg) + json.dumps(dict(size=size))
-    blob = json.dumps(dict(cfg=text, ckpt=_file_id(checkpoint), split=split,
-                           max_samples=max_samples, seed=seed,
+    blob = json.dumps(dict(cfg=text, ckpt=file_digest(checkpoint),
+                           split=split, max_samples=max_samples, seed=seed,
                            version=CACHE_VERSION), sort_keys=True)
     return hashlib.sha1(blob.encode()).hexdigest()[:12]
 
@@ -286,11 +314,12 @@ def extract_features(cfg,
         device (str, optional): default ``'cuda'`` when available.
         cache (bool | str): ``True``: reuse / write
             ``<cache_dir>/<checkpoint name>_<split>_<key>.npz`` where the
-            key hashes the config, the checkpoint file (path, size, mtime),
-            the split and the sampling; a string is an explicit ``.npz``
-            path.  Either file stores the key (``cache_key``) and is reused
-            only when it matches; otherwise it is recomputed and
-            overwritten (atomically).  ``False`` disables caching.
+            key hashes the config, the checkpoint's content (sha256,
+            :func:`file_digest`), the split and the sampling; a string is
+            an explicit ``.npz`` path.  Either file stores the key
+            (``cache_key``) and is reused only when it matches; otherwise
+            it is recomputed and overwritten (atomically).  ``False``
+            disables caching.
         cache_dir (str, optional): default ``<checkpoint dir>/analysis_cache``.
         max_samples (int, optional): analyse a random subset of this size
             (drawn with ``seed``; e.g. the ImageNet train split).

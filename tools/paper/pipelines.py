@@ -4,8 +4,11 @@
   run's config's val split (the same data and pipeline ``tools/test.py``
   evaluates).
 * Tables 2 / 9: ``d_within``, ``d_total``, ``R^2`` of the penultimate
-  features (:func:`maxsup_mm.analysis.class_separation`, its defaults) on a
-  random subset of the train split (test pipeline) and on the val split.
+  features (:func:`maxsup_mm.analysis.class_separation`) on a random subset
+  of the train split (test pipeline) and on the val split; by default with
+  the self-pairs, the formula of Kornblith et al. that the paper cites
+  (``include_self=True``: each class's sum over its ``N_k^2`` pairs divided
+  by ``N_k^2``), ``--exclude-self-pairs``: ``N_k (N_k - 1)`` pairs.
 * Table 3: the frozen penultimate features of CIFAR-10 (mmpretrain's
   ``CIFAR10``) as the library feeds downstream data
   (:func:`maxsup_mm.analysis.extract_features` with ``data_cfg``: the
@@ -24,14 +27,15 @@ from typing import Callable, Dict, Optional
 
 from maxsup_mm.analysis import (class_separation, extract_features,
                                 input_size, linear_probe)
+from maxsup_mm.analysis.extraction import file_digest
 from maxsup_mm.converters import convert_mmpretrain_to_mmseg
-from .runs import Run, load_config, resolve_config
+from .runs import Run, conversion_path, load_config, resolve_config
 from .tables import (ARCH_LABELS, TABLE3, TABLE3_ARCH, TABLE6,
                      TABLE6_ARCH, TABLE9, TABLE9_ARCH, top1_reference)
 
 __all__ = ['Features', 'top1_row', 'geometry_row', 'probe_row',
            'segmentation_row', 'input_size', 'probe_data_config',
-           'upernet_config', 'check_cifar10',
+           'upernet_config', 'check_cifar10', 'self_pairs_label',
            'seg_commands', 'CIFAR10_FILES']
 
 #: the files of the python version of CIFAR-10 (cifar-10-python.tar.gz)
@@ -92,12 +96,19 @@ def top1_row(run: Run, features: Features) -> dict:
 # ---------------------------------------------------------------------------
 # Tables 2 and 9
 # ---------------------------------------------------------------------------
+def self_pairs_label(include_self: bool) -> str:
+    """What the report says of the self-pair convention."""
+    return 'included' if include_self else 'excluded'
+
+
 def geometry_row(run: Run, features: Features,
-                 max_train_samples: Optional[int]) -> dict:
-    out = dict(run.info())
+                 max_train_samples: Optional[int],
+                 include_self: bool = True) -> dict:
+    out = dict(run.info(), self_pairs=self_pairs_label(include_self))
     for split, limit in (('train', max_train_samples), ('val', None)):
         ev = features(run, run.cfg, split, max_samples=limit)
-        sep = class_separation(ev['features'], ev['labels'])
+        sep = class_separation(ev['features'], ev['labels'],
+                               include_self=include_self)
         out[split] = {k: sep[k] for k in ('d_within', 'd_total', 'r2',
                                           'num_samples', 'num_classes')}
     paper = TABLE9.get(run.row)
@@ -237,7 +248,10 @@ def segmentation_row(run: Run, work_dir: str,
     config = seg_config or upernet_config(run)
     if config is not None:
         resolve_config(config)  # exists
-    dst = osp.join(work_dir, 'seg', f'{run.name}_mmseg.pth')
+    # one file per mmpretrain checkpoint (content) and UperNet config
+    dst = conversion_path(
+        work_dir, run.name, dict(checkpoint_sha256=file_digest(
+            run.checkpoint), config=config), 'seg', '_mmseg.pth')
     log(f'[reproduce] {run.name}: converting {run.checkpoint} for mmseg '
         f'({config or "the equivalent mmseg backbone"})')
     report = convert_mmpretrain_to_mmseg(

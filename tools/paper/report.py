@@ -2,11 +2,14 @@
 
 One report per work dir.  ``report.json`` holds a section per measurement
 (``top1``: Tables 4/5, ``geometry``: Tables 2/9, ``probe``: Table 3,
-``segmentation``: Table 6), each with the command that last produced it, its
+``segmentation``: Table 6), each with the command that last changed it, its
 settings and one row per run (our raw numbers, the paper's, the run's
-checkpoint, config and architecture).  A later command replaces the
-sections it recomputes and keeps the others, so running the tables one by
-one still gives one report; ``report.md`` is rendered from ``report.json``.
+checkpoint, config and architecture, and the ``command``, ``time`` and
+``settings`` that computed the row).  A later command replaces, in the
+sections it recomputes, only the rows of the runs it evaluates (same name
+and same checkpoint file given) and keeps every other row and section, so
+running the tables one by one still gives one report; ``report.md`` is
+rendered from ``report.json``.
 """
 import json
 import os.path as osp
@@ -17,7 +20,8 @@ from maxsup_mm.analysis.tables import format_pm, markdown_table, mean_std
 from maxsup_mm.fileio import atomic_write_json, atomic_write_text
 from .tables import METHODS
 
-__all__ = ['SECTIONS', 'merge_report', 'render_markdown', 'write_report']
+__all__ = ['SECTIONS', 'merge_report', 'merge_rows', 'render_markdown',
+           'write_report']
 
 #: section key -> (title, paper tables)
 SECTIONS = OrderedDict([
@@ -28,10 +32,36 @@ SECTIONS = OrderedDict([
     ('segmentation', ('Table 6: UperNet on ADE20K (commands)', (6, ))),
 ])
 FORMAT = 'maxsup-mm reproduce report'
+#: 2: rows carry their command; a command replaces only its runs' rows
+VERSION = 2
+#: what a row keeps of the command that computed it
+PROVENANCE = ('command', 'time', 'settings')
+
+
+def _run_key(row: dict) -> tuple:
+    """A run is its name and the checkpoint file given (absolute path;
+    rows of version 1 have only the path as given)."""
+    return row['name'], row.get('source_path') or osp.abspath(row['source'])
+
+
+def _with_provenance(section: dict) -> List[dict]:
+    """The section's rows, each with the command that computed it (rows of
+    reports written before version 2 get their section's)."""
+    return [dict(row, **{k: row.get(k, section.get(k)) for k in PROVENANCE})
+            for row in section.get('rows', [])]
+
+
+def merge_rows(old: List[dict], new: List[dict]) -> List[dict]:
+    """``old`` with the rows of the runs in ``new`` replaced in place (same
+    name and source), then the other rows of ``new``."""
+    fresh = OrderedDict((_run_key(r), r) for r in new)
+    out = [fresh.pop(_run_key(r), r) for r in old]
+    return out + list(fresh.values())
 
 
 def merge_report(path: str, sections: Dict[str, dict]) -> dict:
-    """The report at ``path`` (if any) with ``sections`` replaced."""
+    """The report at ``path`` (if any) with ``sections`` merged in: their
+    rows replace those of the same runs, every other row is kept."""
     old = None
     if osp.isfile(path):
         try:
@@ -40,11 +70,14 @@ def merge_report(path: str, sections: Dict[str, dict]) -> dict:
         except (OSError, ValueError):
             old = None
     if not isinstance(old, dict) or old.get('format') != FORMAT:
-        old = dict(format=FORMAT, version=1, sections={})
-    merged = dict(old)
+        old = dict(format=FORMAT, version=VERSION, sections={})
+    merged = dict(old, version=VERSION)
     merged['sections'] = {k: v for k, v in old['sections'].items()
                           if k in SECTIONS}
-    merged['sections'].update(sections)
+    for key, section in sections.items():
+        previous = merged['sections'].get(key) or {}
+        merged['sections'][key] = dict(section, rows=merge_rows(
+            _with_provenance(previous), _with_provenance(section)))
     return merged
 
 
@@ -84,12 +117,41 @@ def _seeds(rows: List[dict], value) -> List[List]:
     return out
 
 
+def _commands(section: dict) -> List[tuple]:
+    """``(command, time, runs)`` of the commands behind the rows (a run:
+    its name and the file name of its checkpoint)."""
+    groups: Dict[tuple, list] = OrderedDict()
+    for row in _with_provenance(section):
+        groups.setdefault((row['command'], row['time']), []).append(
+            f'{row["name"]} (`{osp.basename(row["source"])}`)')
+    return [(cmd, time, runs) for (cmd, time), runs in groups.items()]
+
+
 def _header(section: dict, previous: Optional[dict]) -> List[str]:
-    if previous and (previous['command'], previous['time']) == (
-            section['command'], section['time']):
-        return [f'Command: the one above (run {section["time"]}).', '']
-    return [f'Command (run {section["time"]}):', '', '```bash',
-            section['command'], '```', '']
+    groups = _commands(section)
+    if len(groups) == 1:
+        command, time, _ = groups[0]
+        if previous and _commands(previous) == groups:
+            return [f'Command: the one above (run {time}).', '']
+        return [f'Command (run {time}):', '', '```bash', command, '```', '']
+    lines = ['Commands (each row comes from the command that last evaluated '
+             'its run, i.e. the same name and checkpoint):', '']
+    for command, time, runs in groups:
+        lines += [f'Rows of {", ".join(runs)}, run {time}:', '', '```bash',
+                  command, '```', '']
+    return lines
+
+
+def _by_setting(rows: List[dict], text) -> str:
+    """``text(settings)`` of the rows; several: each with its rows."""
+    groups: Dict[str, list] = OrderedDict()
+    for row in rows:
+        groups.setdefault(text(row.get('settings') or {}),
+                          []).append(row['name'])
+    if len(groups) == 1:
+        return next(iter(groups))
+    return '; '.join(f'{t} (rows {", ".join(names)})'
+                     for t, names in groups.items())
 
 
 def _top1(section: dict) -> List[str]:
@@ -110,6 +172,18 @@ def _top1(section: dict) -> List[str]:
     return lines
 
 
+def _self_pairs(row: dict) -> str:
+    # rows written before the option existed left the self-pairs out
+    return row.get('self_pairs', 'excluded')
+
+
+def _train_subset(settings: dict) -> str:
+    limit = settings.get('max_train_samples')
+    return ((f'a random subset of at most {limit} images' if limit
+             else 'every image')
+            + f' (seed {settings.get("seed", 0)})')
+
+
 def _geometry(section: dict) -> List[str]:
     rows = []
     for r in section['rows']:
@@ -118,30 +192,38 @@ def _geometry(section: dict) -> List[str]:
             paper = r['paper'] or {}
             rows.append([
                 r['name'], _method(r), _arch(r), split, ours['num_samples'],
-                _num(ours['d_within'], 4),
+                _self_pairs(r), _num(ours['d_within'], 4),
                 _num((paper.get('d_within') or [None, None])[i], 4),
                 _num(ours['d_total'], 4),
                 _num((paper.get('d_total') or [None, None])[i], 4),
                 _num(ours['r2'], 4),
                 _num((paper.get('r2') or [None, None])[i], 4)])
-    s = section['settings']
-    limit = s.get('max_train_samples')
+    used = sorted({_self_pairs(r) for r in section['rows']})
     lines = markdown_table(
-        ['run', 'paper row', 'architecture', 'split', 'images',
+        ['run', 'paper row', 'architecture', 'split', 'images', 'self-pairs',
          'd_within, ours', 'paper', 'd_total, ours', 'paper', 'R², ours',
          'paper'], rows)
     lines += ['', 'Cosine distance d = 1 − cos on the penultimate features '
               '(the input of the final linear layer); `d_within` averages '
-              'each class\'s mean distance between two different samples '
-              'over the classes, `d_total` the same over all class pairs, '
+              'each class\'s mean distance between its samples over the '
+              'classes, `d_total` the same over all class pairs, '
               'R² = 1 − d_within / d_total (Kornblith et al., 2021; '
               '`maxsup_mm.analysis.class_separation`). Train: '
-              + (f'a random subset of at most {limit} images' if limit
-                 else 'every image')
-              + f' (seed {s.get("seed", 0)}) of the train split through '
-              'the test pipeline (no augmentation); val: every image. The '
-              'paper (ResNet-50, Tables 2 and 9) does not say how many '
-              'training images it used.']
+              + _by_setting(_with_provenance(section), _train_subset)
+              + ' of the train split through the test pipeline (no '
+              'augmentation); val: every image. The paper (ResNet-50, '
+              'Tables 2 and 9) does not say how many training images it '
+              'used.', '',
+              'Self-pairs (column "self-pairs"; here: '
+              + ' and '.join(used) + '): *included* is the formula of '
+              'Kornblith et al., which the paper cites: each class\'s sum '
+              'of distances over all N_k² ordered pairs (m, n), the m = n '
+              'pairs (distance 0) included, divided by N_k² (the default '
+              'of `tools/reproduce.py`); *excluded* (`--exclude-self-pairs`) '
+              'divides the sum over m ≠ n by N_k(N_k − 1), the mean distance '
+              'between two different samples. Each class\'s mean differs '
+              'by the factor (N_k − 1) / N_k: with self-pairs d_within is '
+              'lower and R² higher, the more so the fewer images per class.']
     return lines
 
 
