@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 
 from child_config import (CUSTOM_IMPORTS,  # tests/helpers
-                          RESNET18_CIFAR_PLAIN, write_child_config)
+                          RESNET18_CIFAR_PLAIN, VIT_CFG, write_child_config)
 from load_tool import load_tool  # tests/helpers
 
 # every test trains a ResNet first and runs the analysis tools: slow
@@ -32,23 +32,6 @@ TOOLS = osp.join(ROOT, 'tools', 'analysis')
 #: the tests' 4-class CIFAR-stem ResNet-18, trained with MaxSup
 RESNET_EXTRA = CUSTOM_IMPORTS + (
     "model = dict(head=dict(loss=dict(type='MaxSupLoss', alpha=0.1)))\n")
-
-VIT_CFG = """
-_base_ = 'mmpretrain::deit/deit-small_4xb256_in1k.py'
-custom_imports = dict(imports=['maxsup_mm'], allow_failed_imports=False)
-data_root = {root!r}
-model = dict(
-    backbone=dict(arch=dict(_delete_=True, embed_dims=32, num_layers=2,
-                            num_heads=2, feedforward_channels=64),
-                  img_size=32, patch_size=8),
-    head=dict(num_classes=4, in_channels=32),
-    train_cfg=None)
-data_preprocessor = dict(num_classes=4)
-pipeline = [dict(type='LoadImageFromFile'), dict(type='PackInputs')]
-val_dataloader = dict(batch_size=8, num_workers=0, persistent_workers=False,
-                      dataset=dict(data_root=data_root, pipeline=pipeline))
-test_dataloader = val_dataloader
-"""
 
 
 def _load_tool(name):

@@ -11,23 +11,8 @@ import numpy as np
 import pytest
 import torch
 
+from child_config import VIT_CFG  # tests/helpers
 from random_weights import randomize_  # tests/helpers
-
-VIT_CFG = """
-_base_ = 'mmpretrain::deit/deit-small_4xb256_in1k.py'
-data_root = {root!r}
-model = dict(
-    backbone=dict(arch=dict(_delete_=True, embed_dims=32, num_layers=2,
-                            num_heads=2, feedforward_channels=64),
-                  img_size=32, patch_size=8),
-    head=dict(num_classes=4, in_channels=32),
-    train_cfg=None)
-data_preprocessor = dict(num_classes=4)
-pipeline = [dict(type='LoadImageFromFile'), dict(type='PackInputs')]
-val_dataloader = dict(batch_size=8, num_workers=0, persistent_workers=False,
-                      dataset=dict(data_root=data_root, pipeline=pipeline))
-test_dataloader = val_dataloader
-"""
 
 
 @pytest.fixture(scope='module')

@@ -16,6 +16,7 @@ import nan_state_hooks  # noqa: F401  tests/helpers (registers the hooks)
 from child_config import RESNET18_MAXSUP_TINY, write_child_config
 from maxsup_mm.engine.hooks import (NonFiniteLossError, NonFiniteLossHook,
                                     NonFiniteWeightsError)
+from ports import free_port  # tests/helpers
 from tiny_classifier import tiny_runner  # tests/helpers
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
@@ -128,13 +129,6 @@ def test_nan_gradient_with_finite_loss_is_not_checkpointed(imagenet_root,
 # --------------------------------------------------------------------------
 # two gloo ranks (torchrun through tools/dist_train.sh)
 # --------------------------------------------------------------------------
-def _free_port():
-    import socket
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return str(s.getsockname()[1])
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize('fault, ranks, names', [
     # DDP averages rank 1's NaN gradient into every rank's weights
@@ -154,7 +148,7 @@ def test_dist_non_finite_weights_stop_every_rank_before_checkpoint(
         # 2 ranks x 4 iterations: iteration 3 (0-based) ends with iter_4.pth
         f"custom_hooks = [dict(type='{fault}', iter=3, rank=1)]\n")
     work = str(tmp_path / 'work')
-    env = dict(os.environ, OMP_NUM_THREADS='1', PORT=_free_port(),
+    env = dict(os.environ, OMP_NUM_THREADS='1', PORT=free_port(),
                PYTHON=sys.executable, PYTHONPATH=HELPERS)
     proc = subprocess.run(['bash', 'tools/dist_train.sh', cfg, '2',
                            '--work-dir', work], cwd=ROOT, env=env,

@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from load_tool import load_tool  # tests/helpers
+from ports import free_port  # tests/helpers
 from unwritable import unwritable_folder  # tests/helpers
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
@@ -256,7 +257,7 @@ def test_tools_take_our_configs_from_another_directory(tmp_path):
                          DIGITS_CFG, 'w/epoch_1.pth', '1'],
     }
     for name, command in runs.items():
-        env = dict(_env(), PYTHON=sys.executable, PORT=_free_port())
+        env = dict(_env(), PYTHON=sys.executable, PORT=free_port())
         proc = subprocess.run(
             command + ['--work-dir', f'test_{name}', '--cfg-options',
                        *roots],
@@ -264,13 +265,6 @@ def test_tools_take_our_configs_from_another_directory(tmp_path):
             timeout=900)
         assert proc.returncode == 0, (name, proc.stderr[-3000:])
         assert '[test] accuracy/top1: ' in proc.stdout, name
-
-
-def _free_port():
-    import socket
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return str(s.getsockname()[1])
 
 
 # ---------------------------------------------------------------------------

@@ -14,6 +14,7 @@ import torch
 from child_config import (RESNET18_MAXSUP_TINY,  # tests/helpers
                           write_child_config)
 from load_tool import load_tool  # tests/helpers
+from ports import free_port  # tests/helpers
 
 # every test trains or runs a tool in a subprocess (minutes): slow
 pytestmark = pytest.mark.slow
@@ -26,14 +27,6 @@ ITERS_PER_EPOCH = 8  # 32 training images, batch 4
 
 def write_cfg(path, data_root, extra=''):
     return write_child_config(path, CFG, data_root, extra)
-
-
-def free_port():
-    """A TCP port nothing listens on now (torchrun's rendezvous)."""
-    import socket
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return str(s.getsockname()[1])
 
 
 def run_tool(*args, timeout=900):

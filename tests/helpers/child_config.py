@@ -24,3 +24,23 @@ def write_child_config(path, base: str, data_root: str, extra: str = ''):
                 "val_dataloader = dict(dataset=dict(data_root=data_root))\n"
                 "test_dataloader = val_dataloader\n" + extra)
     return os.fspath(path)
+
+
+#: a tiny DeiT (2 layers, 32 dims) on the 4-class 32x32 images under
+#: ``{root}`` (``VIT_CFG.format(root=...)``), for extraction and analysis
+VIT_CFG = """
+_base_ = 'mmpretrain::deit/deit-small_4xb256_in1k.py'
+custom_imports = dict(imports=['maxsup_mm'], allow_failed_imports=False)
+data_root = {root!r}
+model = dict(
+    backbone=dict(arch=dict(_delete_=True, embed_dims=32, num_layers=2,
+                            num_heads=2, feedforward_channels=64),
+                  img_size=32, patch_size=8),
+    head=dict(num_classes=4, in_channels=32),
+    train_cfg=None)
+data_preprocessor = dict(num_classes=4)
+pipeline = [dict(type='LoadImageFromFile'), dict(type='PackInputs')]
+val_dataloader = dict(batch_size=8, num_workers=0, persistent_workers=False,
+                      dataset=dict(data_root=data_root, pipeline=pipeline))
+test_dataloader = val_dataloader
+"""
