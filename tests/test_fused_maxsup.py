@@ -253,14 +253,58 @@ def test_non_contiguous_inputs(device, backend, soft):
         assert rel(loss, ref_loss) <= 1e-6 and rel(grad, ref_grad) <= 1e-6
 
 
-@pytest.mark.parametrize('device,backend', DEVICE_BACKENDS)
-def test_soft_target_not_summing_to_one(device, backend):
-    z, _, w = make_case((16, 50), False, device)
-    y = torch.rand(16, 50, generator=torch.Generator().manual_seed(5)).to(
-        device)  # sums to ~25: -sum y log q, no normalisation assumed
-    loss, grad = loss_and_grad(fused(backend), z, y, w)
-    ref_loss, ref_grad = reference(z, y, w)
-    assert rel(loss, ref_loss) <= 1e-6 and rel(grad, ref_grad) <= 1e-6
+@pytest.mark.parametrize('device,backend', DEVICE_BACKENDS + [
+    ('cpu', 'reference')])
+def test_soft_target_must_be_a_distribution(device, backend):
+    """Issue 18.14: a soft target whose rows do not sum to 1, or with a
+    negative entry, is refused (a device-side assert: on the CPU it raises
+    at once); a Mixup target, a softmax and a bf16-rounded one pass."""
+    z, _, _ = make_case((16, 50), False, device)
+    g = torch.Generator().manual_seed(5)
+    y = torch.softmax(torch.randn(16, 50, generator=g) * 2, 1).to(device)
+    bad_sum = y.clone()
+    bad_sum[3] *= 2  # Mixup of two one-hot rows without the (1 - lam)
+    negative = y.clone()
+    negative[5, :2] += torch.tensor([-0.5, 0.5], device=device)  # sums to 1
+    nan = y.clone()
+    nan[0, 0] = float('nan')
+    # (a failed device-side assert ends the CUDA context: CUDA is checked
+    # in a child process, test_cuda_bad_soft_target_is_a_device_assert)
+    for bad in (bad_sum, negative, torch.rand(16, 50, generator=g).to(device),
+                nan) if device == 'cpu' else ():
+        with pytest.raises(RuntimeError, match='sum to 1'):
+            fused(backend)(z, bad)
+    mix = 0.7 * F.one_hot(torch.arange(16) % 50, 50) + 0.3 * F.one_hot(
+        torch.arange(16).flip(0), 50)
+    for ok in (y, mix.to(device), y.bfloat16(), y.double()):
+        assert torch.isfinite(fused(backend)(z, ok)).all()
+
+
+CUDA_BAD_SOFT_TARGET = r'''
+import torch
+from maxsup_mm import ops
+z = torch.randn(16, 50, device="cuda")
+y = torch.softmax(torch.randn(16, 50, device="cuda"), 1)
+y[3] *= 2
+loss = ops.maxsup_cross_entropy(z, y, 0.1, reduction="mean")
+print("QUEUED", flush=True)  # no host sync before this line
+torch.cuda.synchronize()
+print("NO ERROR", flush=True)
+'''
+
+
+@pytest.mark.skipif(not CUDA, reason='needs a GPU')
+def test_cuda_bad_soft_target_is_a_device_assert():
+    """On a GPU (the lead's run), in a child process (a failed device-side
+    assert ends the CUDA context): a soft target summing to 2 is queued
+    without a host sync and fails at the next synchronisation."""
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    out = subprocess.run([sys.executable, '-c', CUDA_BAD_SOFT_TARGET],
+                         env=env, cwd=ROOT, capture_output=True, text=True,
+                         timeout=300)
+    assert 'QUEUED' in out.stdout and 'NO ERROR' not in out.stdout, out
+    assert out.returncode != 0 and 'device-side assert' in out.stderr, (
+        out.stderr[-3000:])
 
 
 # --------------------------------------------------------------------------
@@ -274,17 +318,191 @@ def test_soft_target_not_summing_to_one(device, backend):
 def test_low_precision(device, backend, dtype, shape, soft):
     z, t, w = make_case(shape, soft, device, dtype=dtype)
     loss, grad = loss_and_grad(fused(backend), z, t, w)
-    assert loss.dtype == dtype and grad.dtype == dtype
-    # the oracle sees the same (rounded) inputs, in float64
+    # issue 18.9: a float32 loss (as F.cross_entropy gives under autocast),
+    # the gradient in the logits' dtype
+    assert loss.dtype == torch.float32 and grad.dtype == dtype
+    # the oracle sees the same (rounded) inputs, in float64: the loss is
+    # float32 arithmetic, never rounded to the logits' precision
     ref_loss, ref_grad = reference(z.double(), t.double() if soft else t,
                                    w.double())
     eps = torch.finfo(dtype).eps
-    assert rel(loss, ref_loss) <= eps
+    assert rel(loss, ref_loss) <= 1e-6
     assert rel(grad, ref_grad) <= eps
     # and no worse than the naive loss run in this precision
     lo_loss, lo_grad = reference(z, t, w, dtype)
     assert rel(loss, ref_loss) <= max(rel(lo_loss, ref_loss), eps / 4)
     assert rel(grad, ref_grad) <= max(rel(lo_grad, ref_grad), eps / 4)
+
+
+@pytest.mark.parametrize('device,backend', DEVICE_BACKENDS + [
+    ('cpu', 'reference')])
+@pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float16],
+                         ids=['bf16', 'fp16'])
+@pytest.mark.parametrize('reduction', ['none', 'mean', 'sum'])
+@pytest.mark.parametrize('shape', [(33, 100), (2, 19, 9, 7)], ids=str)
+@pytest.mark.parametrize('soft', [False, True], ids=['hard', 'soft'])
+def test_low_precision_loss_and_gap_are_float32(device, backend, dtype,
+                                                reduction, shape, soft):
+    """Issue 18.9, every reduction: loss and gap in float32 and exact to
+    float32 rounding (oracle: the naive loss in float64 on the same rounded
+    logits), the gradient in the logits' dtype."""
+    z, t, _ = make_case(shape, soft, device, dtype=dtype)
+    zz = z.clone().requires_grad_(True)
+    loss, gap = ops.maxsup_cross_entropy(zz, t, ALPHA, reduction=reduction,
+                                         backend=backend, return_gap=True)
+    assert loss.dtype == torch.float32 and gap.dtype == torch.float32
+    z64 = z.double().requires_grad_(True)
+    ref = maxsup_cross_entropy_reference(z64, t.double() if soft else t,
+                                         ALPHA)
+    ref_gap = ops.max_suppression(z.double())
+    if not soft:
+        ref_gap = ref_gap.masked_fill(t == -100, 0.)
+    if reduction != 'none':
+        ref, ref_gap = getattr(ref, reduction)(), getattr(ref_gap,
+                                                          reduction)()
+    assert rel(loss, ref) <= 1e-6 and rel(gap, ref_gap) <= 1e-6
+    (loss * 3).sum().backward()
+    (ref * 3).sum().backward()
+    assert zz.grad.dtype == dtype
+    assert rel(zz.grad, z64.grad) <= torch.finfo(dtype).eps
+
+
+def _amp_devices():
+    out = [('cpu', b, torch.bfloat16) for b in CPU_BACKENDS]
+    if CUDA:
+        out += [('cuda', b, d) for b in ops.available_backends('cuda')
+                if b != 'reference' for d in (torch.float16, torch.bfloat16)]
+    return out
+
+
+@pytest.mark.parametrize('device,backend,dtype', _amp_devices(), ids=str)
+@pytest.mark.parametrize('soft', [False, True], ids=['hard', 'soft'])
+def test_autocast_loss_is_float32_like_cross_entropy(device, backend, dtype,
+                                                     soft):
+    """Issue 18.9: under torch.autocast a Linear gives low-precision
+    logits; F.cross_entropy (on autocast's float32 list) returns a float32
+    loss and a gradient in the logits' dtype.  The fused loss does the same,
+    with alpha = 0 the value of F.cross_entropy under the same autocast,
+    with alpha > 0 the naive loss in float64 on the same logits."""
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 32, generator=g).to(device)
+    fc = torch.nn.Linear(32, 100).to(device)
+    y = torch.randint(0, 100, (64, ), generator=g).to(device)
+    if soft:
+        y = 0.6 * F.one_hot(y, 100) + 0.4 * F.one_hot(y.roll(1), 100)
+    for alpha in (0.0, ALPHA):
+        with torch.autocast(device, dtype=dtype):
+            z = fc(x)
+            z.retain_grad()
+            loss = ops.maxsup_cross_entropy(z, y, alpha, reduction='mean',
+                                            backend=backend)
+            z_ce = fc(x)
+            z_ce.retain_grad()
+            ce = F.cross_entropy(z_ce, y)
+        assert z.dtype == dtype and ce.dtype == torch.float32
+        assert loss.dtype == torch.float32
+        loss.backward()
+        ce.backward()
+        assert z.grad.dtype == dtype == z_ce.grad.dtype
+        z64 = z.detach().double().requires_grad_(True)
+        ref = maxsup_cross_entropy_reference(
+            z64, y.double() if soft else y, alpha).mean()
+        ref.backward()
+        assert rel(loss, ref) <= 1e-6
+        assert rel(z.grad, z64.grad) <= torch.finfo(dtype).eps
+        if alpha == 0:  # both float32 math, rounded once to the logits'
+            torch.testing.assert_close(loss, ce, rtol=1e-6, atol=1e-6)
+            assert rel(z.grad, z_ce.grad) <= torch.finfo(dtype).eps
+
+
+@pytest.mark.parametrize('device,backend', DEVICE_BACKENDS)
+def test_fp16_loss_survives_grad_scaler(device, backend):
+    """Issue 18.9: GradScaler multiplies the loss by 2**16 before backward;
+    a float16 loss of ~4.6 then overflows (65504 is float16's largest),
+    the float32 loss does not, and the gradient is the scaled one."""
+    z, t, _ = make_case((64, 100), False, device, dtype=torch.float16,
+                        ignore_frac=0)
+    scaler = torch.amp.GradScaler(device, init_scale=2.**16)
+    zz = z.clone().requires_grad_(True)
+    loss = ops.maxsup_cross_entropy(zz, t, ALPHA, reduction='mean',
+                                    backend=backend)
+    scaled = scaler.scale(loss)
+    assert torch.isfinite(scaled), (loss, scaled)
+    scaled.backward()
+    z64 = z.double().requires_grad_(True)
+    maxsup_cross_entropy_reference(z64, t, ALPHA).mean().backward()
+    assert torch.isfinite(zz.grad).all()
+    assert rel(zz.grad.double() / 2**16, z64.grad) <= 1e-3
+
+
+@pytest.mark.skipif(not CUDA, reason='needs a GPU')
+def test_cuda_autocast_fp16_with_grad_scaler_trains():
+    """On a GPU (the lead's run): a few steps of a Linear classifier under
+    autocast(float16) with GradScaler: no step is skipped for an overflow
+    (the scale stays 2**16) and the loss goes down."""
+    torch.manual_seed(0)
+    fc = torch.nn.Linear(32, 100).cuda()
+    opt = torch.optim.SGD(fc.parameters(), lr=0.5)
+    scaler = torch.amp.GradScaler('cuda', init_scale=2.**16,
+                                  growth_interval=1000)
+    x = torch.randn(256, 32, device='cuda')
+    y = torch.randint(0, 100, (256, ), device='cuda')
+    losses = []
+    for _ in range(5):
+        opt.zero_grad()
+        with torch.autocast('cuda', dtype=torch.float16):
+            loss = ops.maxsup_cross_entropy(fc(x), y, ALPHA,
+                                            reduction='mean')
+        assert loss.dtype == torch.float32
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+        losses.append(loss.item())
+    assert scaler.get_scale() == 2.**16, losses
+    assert losses[-1] < losses[0], losses
+
+
+# --------------------------------------------------------------------------
+# Empty batches and alpha (issue 18.14)
+# --------------------------------------------------------------------------
+@pytest.mark.parametrize('device,backend', DEVICE_BACKENDS + [
+    ('cpu', 'reference')])
+@pytest.mark.parametrize('shape', [(0, 5), (0, 5, 3, 4), (2, 5, 0, 3)],
+                         ids=str)
+@pytest.mark.parametrize('soft', [False, True], ids=['hard', 'soft'])
+def test_empty_batch_mean_is_zero_with_zero_gradient(device, backend, shape,
+                                                     soft):
+    """A mean over no position is 0 (not F.cross_entropy's NaN), still in
+    the graph, with a zero gradient; the sum is 0 and 'none' is empty."""
+    z = torch.randn(shape, device=device, requires_grad=True)
+    t = (torch.zeros(shape, device=device) if soft else torch.zeros(
+        (shape[0], ) + shape[2:], dtype=torch.long, device=device))
+    for reduction in ('mean', 'sum'):
+        z.grad = None
+        loss, gap = ops.maxsup_cross_entropy(z, t, ALPHA, reduction=reduction,
+                                             backend=backend, return_gap=True)
+        assert loss.shape == () and loss.requires_grad
+        assert loss.item() == 0 and gap.item() == 0, (reduction, loss, gap)
+        loss.backward()
+        assert z.grad.shape == z.shape and not z.grad.abs().sum().item()
+    loss = ops.maxsup_cross_entropy(z, t, ALPHA, backend=backend)
+    assert loss.shape == (shape[0], ) + shape[2:]
+
+
+@pytest.mark.parametrize('backend', CPU_BACKENDS + ['reference'])
+@pytest.mark.parametrize('alpha', [float('nan'), float('inf'), -float('inf'),
+                                   -1, -1e-9])
+def test_alpha_must_be_finite_and_nonnegative(backend, alpha):
+    """A ValueError naming the value, before anything is computed."""
+    z, t, _ = make_case((4, 6), False)
+    with pytest.raises(ValueError,
+                       match=rf'alpha must be >= 0 and finite, got {alpha}'):
+        ops.maxsup_cross_entropy(z, t, alpha, backend=backend)
+    with pytest.raises(TypeError, match='alpha must be a number'):
+        ops.maxsup_cross_entropy(z, t, '0.1', backend=backend)
+    assert torch.isfinite(ops.maxsup_cross_entropy(z, t, 0, backend=backend)
+                          ).all()
 
 
 def test_float64_runs_the_pytorch_backend_exactly():
@@ -574,9 +792,10 @@ def test_no_read_past_the_end_of_the_logits(backend):
 
 def test_triton_kernels_compile_for_cuda_without_a_gpu():
     """Every Triton kernel of the op compiles for a real GPU (sm_90: Triton
-    front end, LLVM, PTX and the bundled ptxas), fp32 and bf16, hard and
-    soft, reduced or not, alpha as a float or a tensor: what the
-    interpreter test cannot show (types, layouts, constexpr branches)."""
+    front end, LLVM, PTX and the bundled ptxas), fp32 and bf16 logits (the
+    loss and its gradient float32), hard and soft, reduced or not, alpha
+    as a float or a tensor: what the interpreter test cannot show (types,
+    layouts, constexpr branches)."""
     triton = pytest.importorskip('triton')
     try:
         from triton.backends.compiler import GPUTarget
@@ -604,13 +823,13 @@ def test_triton_kernels_compile_for_cuda_without_a_gpu():
         tt = '*fp32' if soft else '*i64'
         for bp, bk in ((1, 4096), (128, 16)):
             build(tm._fwd_kernel, fwd,
-                  [zt, tt, zt, '*fp32', '*fp32', '*fp32'] + i32 +
+                  [zt, tt, '*fp32', '*fp32', '*fp32', '*fp32'] + i32 +
                   ['fp32', '*fp32', 'i32'],
                   dict(SOFT=soft, REDUCED=flag, ALPHA_T=flag, BLOCK_P=bp,
                        BLOCK_K=bk), 8)
             build(tm._bwd_kernel, bwd,
-                  [zt, tt, zt, '*fp32', zt] + i32 + ['i32', 'i32', 'fp32',
-                                                     'fp32', '*fp32', 'i32'],
+                  [zt, tt, '*fp32', '*fp32', zt] + i32 +
+                  ['i32', 'i32', 'fp32', 'fp32', '*fp32', 'i32'],
                   dict(SOFT=soft, ALPHA_T=flag, BLOCK_P=bp,
                        BLOCK_K=min(bk, 2048)), 8)
         build(tm._fwd_split_kernel,
@@ -621,11 +840,11 @@ def test_triton_kernels_compile_for_cuda_without_a_gpu():
               ['z_ptr', 't_ptr', 'part_ptr', 'loss_ptr', 'gap_ptr', 'aux_ptr',
                'sums_ptr', 'NS', 'K', 'SPLITS', 'alpha', 'alpha_ptr',
                'ignore_index'],
-              [zt, tt, '*fp32', zt, '*fp32', '*fp32', '*fp32', 'i32', 'i32',
-               'i32', 'fp32', '*fp32', 'i32'],
+              [zt, tt] + ['*fp32'] * 5 + ['i32', 'i32', 'i32', 'fp32', '*fp32',
+                                          'i32'],
               dict(SOFT=soft, REDUCED=flag, ALPHA_T=flag, BLOCK_P=64,
                    BLOCK_S=32))
         build(tm._finish_kernel,
               ['sums_ptr', 'loss_ptr', 'gap_ptr', 'ok_ptr', 'NP', 'scale'],
-              ['*fp32', zt, '*fp32', '*i32', 'i32', 'fp32'],
+              ['*fp32', '*fp32', '*fp32', '*i32', 'i32', 'fp32'],
               dict(REDUCED=flag, CHECK=not soft, BLOCK=1024))

@@ -225,7 +225,7 @@ def test_ols_epoch_update_uses_correct_predictions_only():
     logits = torch.tensor([[3.0, 0.0, 0.0], [2.0, 1.0, 0.0], [0.0, 2.0, 0.0],
                            [0.0, 0.0, 1.0]])
     labels = torch.tensor([0, 0, 2, 2])  # rows 0,1 correct (class 0), 3 correct
-    ols = OnlineLabelSmoothLoss(num_classes=k).train()
+    ols = OnlineLabelSmoothLoss(num_classes=k, never_correct='keep').train()
     ols.hook_attached = True
     before = ols.supervise.clone()
     ols(logits, labels)
@@ -489,3 +489,152 @@ def test_avg_factor_without_weight_and_through_the_head():
     expected = (F.cross_entropy(z, labels, reduction='none') + 0.1 * (
         z.max(1).values - z.mean(1))).mean()
     torch.testing.assert_close(out, expected)
+
+
+# --------------------------------------------------------------------------
+# Mixed precision (issue 18.9): a float32 loss, as F.cross_entropy gives
+# --------------------------------------------------------------------------
+def _low_precision_cases():
+    """(name, context, logits dtype): autocast on the CPU, plain bf16/fp16."""
+    import contextlib
+    return [('autocast-bf16', lambda: torch.autocast('cpu',
+                                                     dtype=torch.bfloat16),
+             torch.bfloat16),
+            ('bf16', contextlib.nullcontext, torch.bfloat16),
+            ('fp16', contextlib.nullcontext, torch.float16)]
+
+
+@pytest.mark.parametrize('case', _low_precision_cases(), ids=lambda c: c[0])
+@pytest.mark.parametrize('soft', [False, True], ids=['hard', 'soft'])
+def test_maxsup_loss_and_head_in_low_precision(case, soft):
+    """MaxSupLoss and mmpretrain's LinearClsHead with it: the loss is
+    float32 and equals the naive loss in float64 on the same (rounded)
+    logits, with loss_weight and the head's avg_factor applied; the logits'
+    gradient keeps their dtype."""
+    from mmpretrain.models.heads import LinearClsHead
+    from mmpretrain.structures import DataSample
+    from maxsup_mm.ops import maxsup_cross_entropy_reference as ref
+    name, context, dtype = case
+    logits, labels = _data(n=16, k=7)
+    target = _mixup_target(labels, 7).float() if soft else labels
+    t64 = target.double() if soft else target
+    z = logits.to(dtype).requires_grad_(True)
+    with context():
+        out = MaxSupLoss(alpha=0.2, loss_weight=2.0)(z, target)
+    assert out.dtype == torch.float32
+    expected = 2.0 * ref(z.detach().double(), t64, 0.2).mean()
+    torch.testing.assert_close(out.double(), expected, rtol=1e-6, atol=0)
+    out.backward()
+    assert z.grad.dtype == dtype
+    head = LinearClsHead(num_classes=7, in_channels=3,
+                         loss=dict(type='MaxSupLoss', alpha=0.2))
+    feats = torch.randn(16, 3, generator=torch.Generator().manual_seed(0))
+    if name != 'autocast-bf16':  # a model converted to bf16 / fp16
+        head, feats = head.to(dtype), feats.to(dtype)
+    samples = [DataSample().set_gt_score(y) if soft else
+               DataSample().set_gt_label(int(y)) for y in target]
+    with context():
+        out = head.loss((feats, ), samples)['loss']
+        z = head.fc(feats)
+    assert z.dtype == dtype and out.dtype == torch.float32
+    torch.testing.assert_close(
+        out.double(), ref(z.detach().double(), t64, 0.2).mean(), rtol=1e-6,
+        atol=0)
+
+
+# --------------------------------------------------------------------------
+# Empty batches, soft-target and alpha checks (issue 18.14)
+# --------------------------------------------------------------------------
+@pytest.mark.parametrize('index', range(8))
+@pytest.mark.parametrize('kwargs', [{}, dict(avg_factor=0),
+                                    dict(weight=torch.ones(0))], ids=str)
+def test_empty_batch_mean_is_zero_with_zero_gradient(index, kwargs):
+    """N = 0 with reduction 'mean' (also with mmpretrain's avg_factor = N
+    and a weight): 0, not NaN, in the graph, with a zero gradient.
+    (mmpretrain's CrossEntropyLoss gives NaN, its LabelSmoothLoss raises:
+    upstream defines nothing, so the sum over no sample, 0.)"""
+    loss_fn = _every_loss(7)[index]
+    for soft in (False, True):
+        if soft and not loss_fn.accepts_soft_target:
+            continue
+        z = torch.zeros(0, 7, requires_grad=True)
+        y = torch.zeros(0, 7) if soft else torch.zeros(0, dtype=torch.long)
+        out = loss_fn(z, y, **kwargs)
+        assert out.shape == () and out.requires_grad
+        assert out.item() == 0, (type(loss_fn).__name__, soft, out)
+        out.backward()
+        assert z.grad is not None and z.grad.shape == (0, 7)
+
+
+@pytest.mark.parametrize('index', range(8))
+def test_soft_target_must_be_a_distribution(index):
+    """Every loss that takes soft targets refuses rows that do not sum to
+    1 or that have a negative entry (a device-side assert: on the CPU a
+    RuntimeError at once); Mixup targets pass."""
+    loss_fn = _every_loss(7)[index]
+    if not loss_fn.accepts_soft_target:
+        pytest.skip('hard labels only')
+    logits, labels = _data(k=7)
+    good = _mixup_target(labels, 7)
+    twice = good * 2
+    negative = good.clone()
+    negative[0, :2] += torch.tensor([-0.5, 0.5], dtype=DT)
+    for bad in (twice, negative):
+        with pytest.raises(RuntimeError, match='sum to 1'):
+            loss_fn(logits, bad)
+    assert torch.isfinite(loss_fn(logits, good))
+
+
+def test_one_alpha_check_for_the_op_and_the_losses():
+    """alpha (and the other weights) are checked by one function, the op's
+    (maxsup_mm.ops.check_nonnegative), which names the value."""
+    from maxsup_mm import ops
+    from maxsup_mm.models.losses import base
+    assert base.check_nonnegative is ops.check_nonnegative
+    for make in (lambda a: MaxSupLoss(alpha=a),
+                 lambda a: LabelSmoothDecompLoss(alpha=a),
+                 lambda a: maxsup_cross_entropy(
+                     torch.zeros(2, 3), torch.zeros(2, dtype=torch.long), a)):
+        for alpha in (float('nan'), float('inf'), -1):
+            with pytest.raises(ValueError, match=f'got {float(alpha)}'):
+                make(alpha)
+
+
+# --------------------------------------------------------------------------
+# The registered MaxSupLoss costs what the op costs (issue 18.17): no
+# tensor operation of its own on the training path (timing: tools/benchmark)
+# --------------------------------------------------------------------------
+def _aten_ops(fn):
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    return sorted(e.name for e in prof.events()
+                  if e.name.startswith(('aten::', 'maxsup_mm')))
+
+
+@pytest.mark.parametrize('soft', [False, True], ids=['hard', 'soft'])
+def test_maxsup_loss_runs_only_the_ops_tensor_operations(soft):
+    """Forward and backward of MaxSupLoss (default loss_weight, the
+    head's avg_factor = N) run exactly the tensor operations of the op with
+    reduction='mean': no label check, product or reduction of its own."""
+    from maxsup_mm import ops
+    logits, labels = _data(n=64, k=10)
+    z = logits.float().requires_grad_(True)
+    y = _mixup_target(labels, 10).float() if soft else labels
+    loss_fn = MaxSupLoss(alpha=0.1)
+
+    def op():
+        z.grad = None
+        ops.maxsup_cross_entropy(z, y, 0.1, reduction='mean').backward()
+
+    def module():
+        z.grad = None
+        loss_fn(z, y, avg_factor=64).backward()
+
+    op(), module()  # warm
+    want = _aten_ops(op)
+    assert _aten_ops(module) == want
+    torch.testing.assert_close(loss_fn(z, y, avg_factor=64),
+                               ops.maxsup_cross_entropy(z, y, 0.1,
+                                                        reduction='mean'),
+                               rtol=0, atol=0)

@@ -41,7 +41,8 @@ def _case(shape, soft, dtype=torch.float32, seed=0, ignore_index=-100,
 
 
 # --------------------------------------------------------------------------
-# Layering: ops/ imports only torch (and triton); no cycle
+# Layering: ops/ imports only torch (and triton) and fileio (build.py's
+# atomic write: the two share the bottom layer); no cycle
 # --------------------------------------------------------------------------
 def test_ops_imports_nothing_above_it():
     folder = osp.join(ROOT, 'maxsup_mm', 'ops')
@@ -57,10 +58,11 @@ def test_ops_imports_nothing_above_it():
                 continue
             for mod in mods:
                 top = mod.split('.')[0]
-                assert top in ('torch', 'triton', '__future__', 'argparse',
-                               'functools', 'hashlib', 'os', 'platform',
-                               'shutil', 'sys', 'tempfile', 'time',
-                               'typing', 'warnings', 'importlib'), (name, mod)
+                assert mod == 'maxsup_mm.fileio' or top in (
+                    'torch', 'triton', '__future__', 'argparse', 'functools',
+                    'hashlib', 'math', 'os', 'platform', 'shutil', 'sys',
+                    'tempfile', 'time', 'typing', 'warnings',
+                    'importlib'), (name, mod)
 
 
 # --------------------------------------------------------------------------
@@ -200,6 +202,12 @@ def test_torch_compile_fullgraph_matches_eager():
     # recompile per model (the first float is specialised, then dynamic)
     from torch._dynamo.utils import counters
     assert counters['stats']['unique_graphs'] <= 2 * len(cases), counters
+    # issue 18.14: the soft-target check is compiled in (a device-side
+    # assert in the graph), the same graph: a target summing to 2 fails
+    model, inp, target = cases[1]
+    compiled = torch.compile(model, fullgraph=True, backend='inductor')
+    with pytest.raises(RuntimeError, match='sum to 1'):
+        compiled(inp, target * 2)
     torch._dynamo.reset()
 
 
@@ -279,6 +287,37 @@ def test_training_path_reads_no_device_value(device):
             loss.sum().backward()
 
 
+def test_soft_target_check_is_a_device_side_assert():
+    """Issue 18.14: soft targets are checked with torch._assert_async (no
+    host read): on meta tensors the assert is issued, not evaluated; on
+    CPU tensors it raises at once, naming the rule.  The classification
+    losses and the op share the one check (maxsup_mm.ops.check_soft_target).
+    """
+    from maxsup_mm.models.losses import (ConfidencePenaltyLoss,
+                                         LabelSmoothDecompLoss,
+                                         LogitPenaltyLoss, MaxSupLoss)
+    calls = []
+    real = torch._assert_async
+    torch._assert_async = lambda *a: calls.append(a) or real(*a)
+    losses = [MaxSupLoss(), LabelSmoothDecompLoss(), LogitPenaltyLoss(),
+              ConfidencePenaltyLoss()]
+    try:
+        with _NoHostRead():
+            z = torch.empty(8, 5, device='meta', requires_grad=True)
+            y = torch.empty(8, 5, device='meta')
+            ops.maxsup_cross_entropy(z, y, 0.1).sum().backward()
+            for loss_fn in losses:
+                loss_fn(z, y).backward()
+    finally:
+        torch._assert_async = real
+    assert len(calls) == 1 + len(losses), calls
+    assert all('sum to 1' in c[1] for c in calls)
+    y = torch.full((4, 5), 0.4)  # rows sum to 2
+    for fn in [lambda z, y: ops.maxsup_cross_entropy(z, y)] + losses:
+        with pytest.raises(RuntimeError, match='sum to 1'):
+            fn(torch.randn(4, 5), y)
+
+
 def test_cuda_shaped_path_reads_no_value_under_fake_tensors():
     """FakeTensorMode makes CUDA tensors without a GPU: the forward of every
     loss (checks, the op, reductions) runs with device='cuda' and reads
@@ -289,9 +328,12 @@ def test_cuda_shaped_path_reads_no_value_under_fake_tensors():
     with FakeTensorMode(allow_non_fake_inputs=True), _NoHostRead():
         z = torch.empty(8, 5, device='cuda', requires_grad=True)
         y = torch.empty(8, dtype=torch.long, device='cuda')
+        soft = torch.empty(8, 5, device='cuda')
         for loss_fn in cls_losses:
             loss_fn.to('cuda')
             assert loss_fn(z, y).device.type == 'cuda'
+            if loss_fn is not cls_losses[2]:  # the hard-only component
+                assert loss_fn(z, soft).device.type == 'cuda'
         zs = torch.empty(2, 5, 4, 3, device='cuda', requires_grad=True)
         ys = torch.empty(2, 4, 3, dtype=torch.long, device='cuda')
         for loss_fn in (pix_cw, pix_avg):
@@ -311,14 +353,19 @@ def test_cuda_training_step_does_not_synchronise():
     ys[0, 0] = 255
     for loss_fn in cls_losses:
         loss_fn.to('cuda')
+    soft = torch.softmax(torch.randn(64, 5, device='cuda'), 1)
     for loss_fn in cls_losses + [pix_cw, pix_avg]:  # warm up (compile)
         (loss_fn(zs, ys, ignore_index=255) if loss_fn in (pix_cw, pix_avg)
          else loss_fn(z, y)).backward()
+        if loss_fn in cls_losses and loss_fn is not cls_losses[2]:
+            loss_fn(z, soft).backward()
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode('error')
     try:
         for loss_fn in cls_losses:
             loss_fn(z, y).backward()
+            if loss_fn is not cls_losses[2]:  # the hard-only component
+                loss_fn(z, soft).backward()
         for loss_fn in (pix_cw, pix_avg):
             loss_fn(zs, ys, ignore_index=255).backward()
     finally:

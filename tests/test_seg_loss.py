@@ -256,3 +256,54 @@ def test_integer_label_dtypes(batch, dtype):
         torch.testing.assert_close(
             loss_fn(logits, label.to(dtype), ignore_index=IGNORE),
             loss_fn(logits, label, ignore_index=IGNORE))
+
+
+# --------------------------------------------------------------------------
+# Empty crops and mixed precision (issue 18.14, 18.9)
+# --------------------------------------------------------------------------
+@pytest.mark.parametrize('shape', [(0, 5, 3, 4), (2, 5, 0, 4)], ids=str)
+@pytest.mark.parametrize('kwargs, call', [
+    ({}, {}), (dict(avg_non_ignore=True), {}),
+    (dict(class_weight=[1.0, 2.0, 1.0, 1.0, 0.5]), {}),
+    ({}, dict(weight='ones')), ({}, dict(avg_factor=0.0))], ids=str)
+def test_empty_crop_mean_is_zero_like_mmseg(shape, kwargs, call):
+    """No pixel at all: mmseg's CrossEntropyLoss (the oracle, alpha = 0)
+    gives 0 (with class_weight and N = 0 it fails; there the sum over no
+    pixel, 0, is the expected value); so does the MaxSup pixel loss (any
+    alpha), in the graph, with a zero gradient."""
+    from mmseg.models.losses import CrossEntropyLoss
+    label = torch.zeros(shape[:1] + shape[2:], dtype=torch.long)
+    if call.get('weight') == 'ones':
+        call = dict(weight=torch.ones(label.shape))
+    for alpha in (0.0, 0.2):
+        z = torch.randn(shape, requires_grad=True)
+        out = PixelMaxSupLoss(alpha=alpha, **kwargs)(
+            z, label, ignore_index=IGNORE, **call)
+        try:
+            ce = CrossEntropyLoss(**kwargs)(z, label, ignore_index=IGNORE,
+                                            **call).item()
+        except RuntimeError:  # mmseg 1.2.2, class_weight and N = 0: torch.
+            ce = 0.0  # stack of no tensor; undefined upstream, so the sum
+        assert ce == 0 and out.item() == 0, (out, ce)
+        out.backward()
+        assert z.grad.shape == z.shape
+
+
+@pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize('kwargs', [{}, dict(avg_non_ignore=True),
+                                    dict(class_weight=[0.5, 1.0, 4.0, 0.25,
+                                                       3.0])], ids=str)
+def test_low_precision_logits_give_a_float32_loss(batch, dtype, kwargs):
+    """bf16 / fp16 logits (a decode head under autocast): a float32 loss,
+    the float64 oracle's value on the same rounded logits to float32
+    precision, and a gradient in the logits' dtype."""
+    logits, label = batch
+    z = logits.to(dtype).requires_grad_(True)
+    out = PixelMaxSupLoss(alpha=0.3, **kwargs)(z, label, ignore_index=IGNORE)
+    assert out.dtype == torch.float32
+    want = oracle(z.detach().double(), label, 0.3, IGNORE,
+                  kwargs.get('avg_non_ignore', False),
+                  kwargs.get('class_weight'))
+    assert out.item() == pytest.approx(want, rel=1e-6)
+    out.backward()
+    assert z.grad.dtype == dtype

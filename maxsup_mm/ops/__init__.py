@@ -9,6 +9,7 @@ kernel is compiled once by ``python maxsup_mm/ops/build.py``
 (``tools/setup_env.sh`` runs it); the Triton kernels compile at first use.
 """
 from .maxsup_op import (BACKENDS, REDUCTIONS, available_backends,
+                        check_finite, check_nonnegative, check_soft_target,
                         cpu_kernel_available, cpu_kernel_error,
                         maxsup_cross_entropy, set_default_backend)
 from .reference import (cross_entropy, is_soft_target, max_suppression,
@@ -18,5 +19,6 @@ __all__ = [
     'BACKENDS', 'REDUCTIONS', 'available_backends', 'cpu_kernel_available',
     'cpu_kernel_error', 'maxsup_cross_entropy', 'set_default_backend',
     'maxsup_cross_entropy_reference', 'max_suppression', 'cross_entropy',
-    'soft_cross_entropy', 'is_soft_target'
+    'soft_cross_entropy', 'is_soft_target', 'check_nonnegative',
+    'check_finite', 'check_soft_target'
 ]

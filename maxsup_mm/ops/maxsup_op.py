@@ -27,10 +27,14 @@ alpha, e.g. from ``AlphaScheduleHook``, is a new input, not a recompile.)
 * ``loss``: per position ``(N, *spatial)`` (``reduction=0``), or its mean
   (1) / sum (2) over all positions, reduced inside the op (no extra autograd
   node).  Ignored positions count with loss 0 (the mean of the unreduced
-  loss, as mmpretrain's losses take it).
-* ``gap``: :math:`z_{max} - \bar z` (eq. 8) reduced the same way, float32
-  (float64 for float64 logits); not differentiable (``loss = CE + alpha * gap``: what the training logs
-  show as the regularizer).
+  loss, as mmpretrain's losses take it); the mean over no position is 0.
+  Float32 whatever the logits' dtype (float64 for float64 logits): what
+  ``F.cross_entropy`` returns under autocast, so that a loss scaler's
+  ``2**16 * loss`` cannot overflow float16.  The gradient w.r.t. the
+  logits has the logits' dtype.
+* ``gap``: :math:`z_{max} - \bar z` (eq. 8) reduced the same way, in the
+  loss's dtype; not differentiable (``loss = CE + alpha * gap``: what the
+  training logs show as the regularizer).
 * ``aux``: what the backward pass needs, per position: the row max ``m``,
   ``ls = log sum exp(z - m)`` (stored apart so that ``exp((z - m) - ls)``
   keeps full precision however large the logits are), the **first** arg-max
@@ -62,6 +66,10 @@ RuntimeError that says so (use ``backend='reference'``, the naive oracle of
 No value of a tensor is read into Python on this path for non-CPU tensors:
 an out-of-range hard target is an IndexError from the CPU kernel, and a
 device-side assert (:func:`torch._assert_async`, no synchronisation) on CUDA.
+A soft target must be a distribution over the classes
+(:func:`check_soft_target`, a device-side assert everywhere) and ``alpha``
+a finite number >= 0 (:func:`check_nonnegative`, a Python float): the
+checks every loss of :mod:`maxsup_mm.models.losses` shares.
 
 Layouts: ``(N, K)`` rows; ``(N, K, *spatial)`` with the class dim 1 is read
 in place (no permute copy); a channels-last tensor (class dim innermost in
@@ -71,6 +79,7 @@ logits' layout (contiguous or channels-last) and is the only ``(N, K, ...)``
 buffer the op allocates.
 """
 import functools
+import math
 import os
 import os.path as osp
 import warnings
@@ -83,7 +92,8 @@ from .reference import max_suppression, maxsup_cross_entropy_reference
 
 __all__ = [
     'maxsup_cross_entropy', 'available_backends', 'cpu_kernel_available',
-    'cpu_kernel_error', 'set_default_backend', 'BACKENDS', 'REDUCTIONS'
+    'cpu_kernel_error', 'set_default_backend', 'BACKENDS', 'REDUCTIONS',
+    'check_nonnegative', 'check_finite', 'check_soft_target'
 ]
 
 BACKENDS = ('auto', 'cpp', 'cpp-avx2', 'cpp-generic', 'triton', 'torch',
@@ -159,7 +169,8 @@ def cpu_kernel_error() -> str:
 
 
 def available_backends(device: str = 'cpu') -> Tuple[str, ...]:
-    """Back-ends usable for float32 logits on ``device`` (``'cpu'``/``'cuda'``)."""
+    """Back-ends usable for float32 logits on ``device`` (``'cpu'`` or
+    ``'cuda'``)."""
     names = ['torch', 'reference']
     if device == 'cpu' and cpu_kernel_available():
         best = _cpu_kernel()[2]  # 1 generic, 2 AVX2, 3 AVX-512
@@ -182,8 +193,8 @@ def _kernel_for(dev: str, dtype: torch.dtype, backend: str):
     if backend in _ISA and backend != 'auto':
         if dev != 'cpu' or not cpu_kernel_available() or \
                 _ISA[backend] > _cpu_kernel()[2]:
-            raise ValueError(f'maxsup_cross_entropy: backend {backend!r} needs '
-                             'CPU logits and the built kernel '
+            raise ValueError(f'maxsup_cross_entropy: backend {backend!r} '
+                             'needs CPU logits and the built kernel '
                              f'({cpu_kernel_error() or dev})')
     elif backend == 'triton':
         if dev != 'cuda' or isinstance(_triton_module(), str):
@@ -233,16 +244,16 @@ def _as_nks(logits: torch.Tensor, target: torch.Tensor, soft: bool):
     """``(z, target, perm)``: the ``(N, K, S)`` view (no copy for contiguous
     or channels-last logits) and the channels-last permutation or None."""
     n, k = logits.shape[0], logits.shape[1]
+    s = math.prod(logits.shape[2:])  # (an empty batch has no -1 to infer)
     perm = _class_last(logits)
     if perm is not None:
-        s = logits.numel() // max(n * k, 1)
         z = logits.permute(perm).view(n * s, k, 1)
         t = (target.permute(perm).reshape(n * s, k, 1)
              if soft else target.reshape(n * s, 1))
         return z, t, perm
     z = logits if logits.is_contiguous() else logits.contiguous()
-    z = z.view(n, k, -1)
-    t = target.reshape(z.shape) if soft else target.reshape(n, z.shape[2])
+    z = z.view(n, k, s)
+    t = target.reshape(z.shape) if soft else target.reshape(n, s)
     return z, t, None
 
 
@@ -296,6 +307,83 @@ def check_inputs(logits: torch.Tensor, target: torch.Tensor) -> bool:
 
 
 # ---------------------------------------------------------------------------
+# Hyper-parameters and soft targets: the checks every loss of ours shares
+# ---------------------------------------------------------------------------
+def _number(name: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f'{name} must be a number, got {type(value).__name__}')
+    return float(value)
+
+
+def check_nonnegative(name: str, value) -> float:
+    """Return ``float(value)``; raise unless it is a finite number >= 0.
+
+    The one check of ``alpha`` (the op, every loss and its schedule) and of
+    the other non-negative weights.  ``value`` is a Python number, so this
+    reads no tensor.
+
+    Raises:
+        TypeError: not a number (a bool, a string, a tensor).
+        ValueError: negative, NaN or infinite; the message names the value.
+    """
+    value = _number(name, value)
+    if not (value >= 0 and math.isfinite(value)):  # also rejects NaN, inf
+        raise ValueError(f'{name} must be >= 0 and finite, got {value}')
+    return value
+
+
+def check_finite(name: str, value) -> float:
+    """Return ``float(value)``; raise unless it is a finite number."""
+    value = _number(name, value)
+    if not math.isfinite(value):
+        raise ValueError(f'{name} must be a finite number, got {value}')
+    return value
+
+
+def _soft_target_tolerance(dtype: torch.dtype) -> float:
+    """How far a row sum may be from 1: 1e-3, or two ulps of 1 in a coarser
+    dtype (bf16 targets: 1.6e-2)."""
+    return max(1e-3, 2 * torch.finfo(dtype).eps)
+
+
+def check_soft_target(target: torch.Tensor,
+                      name: str = 'maxsup_cross_entropy',
+                      row_sums: Optional[torch.Tensor] = None) -> None:
+    """A soft target must be a distribution over the classes (dim 1):
+    entries >= 0 (NaN fails) whose sum is 1 within
+    ``max(1e-3, 2 * eps(dtype))``.
+
+    Checked by :func:`torch._assert_async`: an asynchronous device-side
+    assert, no host synchronisation; on CPU tensors it raises a
+    RuntimeError at once, on CUDA at the next synchronising call; works on
+    meta and fake tensors and inside ``torch.compile`` (a device assert in
+    the graph).  The one soft-target check of the op and of every loss
+    that takes soft targets.
+
+    Args:
+        target (Tensor): ``(N, K)`` or ``(N, K, *spatial)`` soft target.
+        name (str): who checks, for the message.
+        row_sums (Tensor, optional): the target's sums over dim 1 where
+            they are known (the op's kernels save them in ``aux``): one
+            pass over the target less.
+    """
+    if target.numel() == 0:
+        return
+    if target.requires_grad:
+        target = target.detach()
+    tol = _soft_target_tolerance(target.dtype)
+    if row_sums is None:
+        row_sums = target.sum(1, dtype=torch_maxsup.stats_dtype(
+            target.dtype))
+    low, high = torch.aminmax(row_sums)
+    ok = (low >= 1 - tol) & (high <= 1 + tol) & (target.amin() >= 0)
+    torch._assert_async(
+        ok, f'{name}: a soft target must have entries >= 0 that sum to 1 '
+        f'along the class dim 1 (within {tol:g}); normalise it (rows of '
+        'Mixup/CutMix targets do)')
+
+
+# ---------------------------------------------------------------------------
 # The op and its backward: schema, kernels, fake, autograd
 # ---------------------------------------------------------------------------
 _FWD_SCHEMA = ('maxsup_ce(Tensor logits, Tensor target, float alpha, '
@@ -317,14 +405,41 @@ def _alpha(alpha: float, alpha_tensor: Optional[torch.Tensor]):
     return alpha_tensor
 
 
+def _cpu_float32_loss(fwd, logits, target, alpha, ignore_index, reduction,
+                      isa):
+    """The C++ kernel for bf16 / fp16 logits, with a float32 loss.
+
+    The kernel writes an unreduced loss in the logits' dtype and rounds a
+    reduced one to it; when it reduces, its float32 per-position losses and
+    gaps are the last two rows of ``aux``.  So it is always asked to reduce
+    (``sum`` for ``none``), and the loss comes from those rows: summed in
+    float64, as the kernel sums, or copied per position.
+    """
+    _, gap, aux = fwd(logits, target, alpha, ignore_index, reduction or 2,
+                      isa)
+    saved = aux.shape[0] - 2  # m, ls, arg-max[, sum_y]
+    if reduction == 0:
+        shape = _loss_shape(logits)
+        return (aux[saved].view(shape).clone(),
+                aux[saved + 1].view(shape).clone(), aux[:saved])
+    loss = aux[saved].sum(dtype=torch.float64)
+    if reduction == 1:
+        loss = loss / aux.shape[1]
+    return loss.float(), gap, aux
+
+
 def _maxsup_ce(logits, target, alpha, ignore_index, reduction, backend,
                alpha_tensor=None):
     """The op's kernel on every device: dispatch to C++ / Triton / PyTorch."""
     alpha = _alpha(alpha, alpha_tensor)
     kernel = _kernel(logits, backend)
-    if isinstance(kernel, tuple):  # the C++ kernel checks and takes the
-        return kernel[0](logits, target, alpha, ignore_index,  # user layout
-                         reduction, _ISA[backend])
+    if isinstance(kernel, tuple) and logits.numel():
+        # the C++ kernel checks and takes the user layout
+        if logits.dtype == torch.float32:
+            return kernel[0](logits, target, alpha, ignore_index, reduction,
+                             _ISA[backend])
+        return _cpu_float32_loss(kernel[0], logits, target, alpha,
+                                 ignore_index, reduction, _ISA[backend])
     soft = check_inputs(logits, target)
     z, t, _ = _as_nks(logits, target, soft)
     if z.numel() == 0:
@@ -341,7 +456,7 @@ def _maxsup_ce_backward(grad, logits, target, aux, alpha, ignore_index,
                         reduction, backend, alpha_tensor=None):
     alpha = _alpha(alpha, alpha_tensor)
     kernel = _kernel(logits, backend)
-    if isinstance(kernel, tuple):
+    if isinstance(kernel, tuple) and logits.numel():
         return kernel[1](grad, logits, target, aux, alpha, ignore_index,
                          reduction, _ISA[backend])
     soft = check_inputs(logits, target)
@@ -365,7 +480,8 @@ def _maxsup_ce_fake(logits, target, alpha, ignore_index, reduction, backend,
     shape = () if reduction else _loss_shape(logits)
     rows = (4 if soft else 3) + (2 if reduction else 0)
     positions = logits.numel() // logits.shape[1]
-    return (logits.new_empty(shape), logits.new_empty(shape, dtype=stats),
+    return (logits.new_empty(shape, dtype=stats),
+            logits.new_empty(shape, dtype=stats),
             logits.new_empty((rows, positions), dtype=stats))
 
 
@@ -491,23 +607,30 @@ def maxsup_cross_entropy(logits: torch.Tensor,
             back-end).
         target (Tensor): class indices ``(N, *spatial)`` (any integer dtype)
             or a soft target with the logits' shape.
-        alpha (float): weight of the MaxSup term.
+        alpha (float): weight of the MaxSup term, a finite number >= 0.
         ignore_index (int): hard-target value whose loss and gradient are 0.
         reduction (str): ``'none'`` (per position), ``'mean'`` (over all
-            positions, ignored ones included with loss 0) or ``'sum'``.
+            positions, ignored ones included with loss 0; 0 when there is
+            no position, with a zero gradient) or ``'sum'``.
         backend (str, optional): one of :data:`BACKENDS`; ``None``: the
             default (``'auto'``, see :func:`set_default_backend`).
         return_gap (bool): also return :math:`z_{max} - \bar z` (eq. 8),
             reduced the same way, detached.
 
     Returns:
-        Tensor: the loss, ``(N, *spatial)`` or 0-d, dtype of ``logits``;
-        ``(loss, gap)`` with ``return_gap``.
+        Tensor: the loss, ``(N, *spatial)`` or 0-d, float32 whatever the
+        logits' dtype (float64 for float64 logits), as ``F.cross_entropy``
+        gives under autocast; the gradient w.r.t. the logits has their
+        dtype.  ``(loss, gap)`` with ``return_gap`` (gap: same dtype).
 
     Raises:
-        ValueError: bad shapes, reduction or backend name.
+        ValueError: bad shapes, reduction or backend name; an ``alpha``
+            that is negative, NaN or infinite.
+        TypeError: an ``alpha`` that is not a number.
         IndexError: (CPU) a hard target outside ``[0, K)`` that is not
             ``ignore_index``; on CUDA a device-side assert instead.
+        RuntimeError: (CPU) a soft target that is not a distribution
+            (:func:`check_soft_target`); on CUDA a device-side assert.
     """
     if backend is None:
         backend = _DEFAULT_BACKEND[0]
@@ -515,46 +638,62 @@ def maxsup_cross_entropy(logits: torch.Tensor,
     if code is None:
         raise ValueError(f'maxsup_cross_entropy: reduction must be one of '
                          f'{REDUCTIONS}, got {reduction!r}')
+    compiling = torch.compiler.is_compiling()
+    if not compiling:  # inside a graph alpha is an input, set and checked
+        alpha = check_nonnegative(  # where it came from (AlphaMixin)
+            'maxsup_cross_entropy: alpha', alpha)
+    # a soft target is checked by a device-side assert (no host read)
+    soft = target.is_floating_point() and target.shape == logits.shape
     if backend == 'reference' or (target.requires_grad
                                   and target.is_floating_point()):
+        if soft:
+            check_soft_target(target)
         check_inputs(logits, target)
         return _reference(logits, target, alpha, ignore_index, reduction,
                           return_gap)
     # shapes, dtypes and the backend name are checked inside the op (by the
     # C++ kernel, the Python kernels and the fake implementation)
-    if torch.compiler.is_compiling():
+    if compiling:
         # a float argument is a constant of the compiled graph: each new
         # alpha (AlphaScheduleHook) would recompile.  As a 0-d tensor made
         # by arithmetic, alpha is an input of the graph instead.
         alpha_tensor = torch.ones(
             (), dtype=torch_maxsup.stats_dtype(logits.dtype),
             device=logits.device) * alpha
-        loss, gap, _ = _OP(logits, target, 0.0, ignore_index, code, backend,
-                           alpha_tensor)
+        loss, gap, aux = _OP(logits, target, 0.0, ignore_index, code,
+                             backend, alpha_tensor)
     elif _plain(logits, target):
         # eager: the op's autograd formula and kernel, called directly
-        args = (logits, target, float(alpha), int(ignore_index), code,
-                backend)
+        args = (logits, target, alpha, int(ignore_index), code, backend)
         if torch.is_grad_enabled() and logits.requires_grad:
-            loss, gap, _ = _MaxSupCE.apply(*args)
+            loss, gap, aux = _MaxSupCE.apply(*args)
         else:
-            loss, gap, _ = _maxsup_ce(*args)
+            loss, gap, aux = _maxsup_ce(*args)
     else:  # a dispatch mode or tensor subclass: through the dispatcher
-        loss, gap, _ = _OP_EAGER(logits, target, float(alpha),
-                                 int(ignore_index), code, backend)
+        loss, gap, aux = _OP_EAGER(logits, target, alpha, int(ignore_index),
+                                   code, backend)
+    if soft:  # the kernels saved the row sums of the target: aux row 3
+        check_soft_target(target, row_sums=aux[3])
     return (loss, gap) if return_gap else loss
+
+
+def _reduce(x: torch.Tensor, reduction: str) -> torch.Tensor:
+    """``x.mean()`` / ``x.sum()``; the mean of no element is 0 (not NaN)."""
+    if reduction == 'sum' or (reduction == 'mean' and not x.numel()):
+        return x.sum()
+    return x.mean() if reduction == 'mean' else x
 
 
 def _reference(logits, target, alpha, ignore_index, reduction, return_gap):
-    loss = maxsup_cross_entropy_reference(logits, target, alpha, ignore_index)
-    gap = None
-    if return_gap:
-        with torch.no_grad():
-            gap = max_suppression(logits).to(
-                torch_maxsup.stats_dtype(logits.dtype))
-            if not target.is_floating_point():
-                gap = gap.masked_fill(target == ignore_index, 0.)
-    if reduction != 'none':
-        loss = getattr(loss, reduction)()
-        gap = None if gap is None else getattr(gap, reduction)()
-    return (loss, gap) if return_gap else loss
+    """The naive oracle in the op's precision: float32 (float64) math, the
+    gradient back in the logits' dtype through the cast."""
+    z = logits.to(torch_maxsup.stats_dtype(logits.dtype))
+    loss = _reduce(maxsup_cross_entropy_reference(z, target, alpha,
+                                                  ignore_index), reduction)
+    if not return_gap:
+        return loss
+    with torch.no_grad():
+        gap = max_suppression(z)
+        if not target.is_floating_point():
+            gap = gap.masked_fill(target == ignore_index, 0.)
+    return loss, _reduce(gap, reduction)

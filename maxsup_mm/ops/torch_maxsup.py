@@ -17,8 +17,8 @@ _LOW = (torch.float16, torch.bfloat16)
 
 
 def stats_dtype(dtype: torch.dtype) -> torch.dtype:
-    """dtype of the saved statistics and of the gap: float64 for float64
-    logits, float32 otherwise."""
+    """dtype of the saved statistics, the loss and the gap: float64 for
+    float64 logits, float32 otherwise."""
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
@@ -45,7 +45,8 @@ def forward(z: torch.Tensor, target: torch.Tensor, alpha,
     """``(loss, gap, aux)`` of the ``(N, K, S)`` logits ``z``.
 
     ``loss`` and ``gap`` are ``(N, S)`` (reduction 0) or 0-d sums / means
-    over the ``N * S`` positions (1 = mean, 2 = sum); ``aux`` holds, per
+    over the ``N * S`` positions (1 = mean, 2 = sum), in
+    :func:`stats_dtype` (float32 for bf16 / fp16 logits); ``aux`` holds, per
     position, the rows max, log-sum-exp minus max, arg-max, [sum y], and for
     a reduction the row losses and gaps.  ``alpha``: a float or a 0-d
     tensor on z's device.
@@ -77,10 +78,11 @@ def forward(z: torch.Tensor, target: torch.Tensor, alpha,
     rows = [m, ls, am.to(zf.dtype)] + ([sum_y] if soft else [])
     if reduction:
         rows += [loss, gap]
-        div = n * s if reduction == 1 else 1
+        # the mean over no position is 0 (the sum), not 0 / 0
+        div = max(n * s, 1) if reduction == 1 else 1
         loss, gap = loss.sum() / div, gap.sum() / div
     aux = torch.stack(rows).view(len(rows), n * s)
-    return loss.to(z.dtype), gap, aux
+    return loss, gap, aux
 
 
 def backward(grad: torch.Tensor, z: torch.Tensor, target: torch.Tensor,
@@ -94,7 +96,7 @@ def backward(grad: torch.Tensor, z: torch.Tensor, target: torch.Tensor,
     if reduction:
         g = grad.reshape(()).to(zf.dtype).expand(n, s)
         if reduction == 1:
-            g = g / (n * s)
+            g = g / max(n * s, 1)
     else:
         g = grad.reshape(n, s).to(zf.dtype)
     # the one (N, K, S) buffer: exp((z - m) - ls), the softmax

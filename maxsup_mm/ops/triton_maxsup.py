@@ -19,12 +19,13 @@ logit, so no sum grows with the logits' offset; ``sum (z - max)`` follows
 exactly).  **Split-K**: when there are too few rows to fill the GPU and the
 rows are long (e.g. 64 x 21841), each row is cut into ``splits`` ranges of
 classes, one program each, and a second small kernel merges the partial
-statistics.  Each forward program also writes its sums of loss and gap and its count of
-out-of-range targets; a single-program kernel (launched for hard targets or
-a ``mean`` / ``sum`` reduction) adds those partial sums up (one value per
-program, not per position), which gives the reduced loss in place and a
-flag that :func:`torch._assert_async` turns into a device-side error
-without a host synchronisation.
+statistics.  Each forward program also writes its sums of loss and gap and
+its count of out-of-range targets; a single-program kernel (launched for
+hard targets or a ``mean`` / ``sum`` reduction) adds those partial sums up
+(one value per program, not per position), which gives the reduced loss in
+place and a flag that :func:`torch._assert_async` turns into a device-side
+error without a host synchronisation.  The loss and the gap are float32
+whatever the logits' dtype; the gradient has the logits' dtype.
 
 Backward (one launch): one program per (positions x classes) tile reads the
 logits once and writes the gradient once.
@@ -378,11 +379,13 @@ def forward(z: torch.Tensor, target: torch.Tensor, alpha,
         target = target.contiguous()
     aux = torch.empty((saved + (2 if reduced else 0), ns), device=z.device,
                       dtype=torch.float32)
+    # loss and gap in float32 whatever the logits' dtype (as F.cross_entropy
+    # under autocast): a loss scaler's 2**16 * loss must not overflow fp16
     if reduced:
-        loss = torch.empty((), device=z.device, dtype=z.dtype)
+        loss = torch.empty((), device=z.device, dtype=torch.float32)
         gap = torch.empty((), device=z.device, dtype=torch.float32)
     else:
-        loss = torch.empty((n, s), device=z.device, dtype=z.dtype)
+        loss = torch.empty((n, s), device=z.device, dtype=torch.float32)
         gap = torch.empty((n, s), device=z.device, dtype=torch.float32)
     alpha, alpha_ptr, alpha_t = _alpha_args(alpha, aux)
     splits = default_splits(z) if splits is None else int(splits)

@@ -1,15 +1,20 @@
 #!/usr/bin/env python
 """Forward+backward time and peak memory of MaxSup against its peers.
 
-Every method runs in the same process on the same logits, interleaved (the
-order rotates every repeat) so that drift on a shared machine hits all of
-them alike; the table gives the median time of ``loss = f(z, y);
-loss.backward()`` (ours: the op with ``reduction='mean'``, reduced in
-place as ``MaxSupLoss`` does; the naive loss: ``.mean()`` of the unreduced
-one) and its ratio to ``F.cross_entropy`` (hard targets) or to
-timm's ``SoftTargetCrossEntropy`` (soft targets), and the peak memory the
-call allocates beyond the inputs (the gradient included), in MiB and in
-units of the logits' size.
+Every method runs in the same process on the same logits, interleaved (in
+a new, seeded random order every repeat: no method always runs right after
+the same one, whose cache footprint it would inherit) so that drift on a
+shared machine hits all of them alike.  The table gives the median time of
+``loss = f(z, y); loss.backward()`` (ours: the op with
+``reduction='mean'``, reduced in place as ``MaxSupLoss`` does; the naive
+loss: ``.mean()`` of the unreduced one); its minimum over the repeats (the
+least disturbed sample: what to read for a difference of a few
+microseconds); its ratio to ``F.cross_entropy`` (hard targets) or to
+timm's ``SoftTargetCrossEntropy`` (soft targets); its ratio to the fused op
+(``vs op``: the registered ``MaxSupLoss`` module, called as mmpretrain's
+heads call it, shows there what its Python wrapper costs); and the peak
+memory the call allocates beyond the inputs (the gradient included), in
+MiB and in units of the logits' size.
 
 Examples::
 
@@ -23,10 +28,10 @@ the 2-D-only peers get ``n/a`` at the segmentation shape (for soft targets
 there the baseline is timm's formula applied along the class dim 1).
 """
 import argparse
-import json
 import os
 import os.path as osp
 import platform
+import random
 import statistics
 import sys
 import time
@@ -47,6 +52,7 @@ ALPHA = 0.1
 SEG_IGNORE = 255
 BASE_HARD = 'F.cross_entropy'
 BASE_SOFT = 'timm SoftTargetCrossEntropy'
+OURS = '**MaxSup fused (ours)**'
 
 
 def import_ops():
@@ -122,10 +128,24 @@ def build_methods(fused_backend: Optional[str]) -> (List[Method], List[str]):
     except Exception as exc:
         timm_soft = None
         notes.append(f'timm losses left out: {exc}')
+    module = []
+    try:  # the registered loss, as mmpretrain's ClsHead calls it
+        from maxsup_mm.models.losses import MaxSupLoss
+        if fused_backend is not None:
+            ops.set_default_backend(fused_backend)
+        mm_maxsup = MaxSupLoss(alpha=ALPHA)
+        for soft in (False, True):
+            module.append(Method(
+                'MaxSupLoss module (head call: avg_factor=N)',
+                lambda z, t: mm_maxsup(z, t, avg_factor=z.shape[0]), soft,
+                seg=False))
+    except Exception as exc:  # mmpretrain not installed here
+        notes.append(f'MaxSupLoss module left out: {exc}')
     hard += [
         Method('MaxSup naive (separate ops + autograd)',
                lambda z, t: ref(z, t, ALPHA, ign(z)).mean(), False),
-        Method('**MaxSup fused (ours)**', ours(fused_backend), False),
+        Method(OURS, ours(fused_backend), False),
+    ] + [m for m in module if not m.soft] + [
         Method('MaxSup fused, pure-PyTorch fallback', ours('torch'), False),
     ]
 
@@ -141,7 +161,8 @@ def build_methods(fused_backend: Optional[str]) -> (List[Method], List[str]):
                lambda z, y: F.cross_entropy(z, y), True),
         Method('MaxSup naive (separate ops + autograd)',
                lambda z, y: ref(z, y, ALPHA).mean(), True),
-        Method('**MaxSup fused (ours)**', ours(fused_backend), True),
+        Method(OURS, ours(fused_backend), True),
+    ] + [m for m in module if m.soft] + [
         Method('MaxSup fused, pure-PyTorch fallback', ours('torch'), True),
     ]
     return hard + soft, notes
@@ -206,10 +227,12 @@ def peak_extra_bytes(m: Method, z, t, device) -> Optional[int]:
 
 
 def time_methods(methods: List[Method], z, t, device, repeats: int,
-                 warmup: int, inner: int) -> Dict[str, float]:
+                 warmup: int, inner: int) -> Dict[str, List[float]]:
     times = {m.name: [] for m in methods}
+    shuffle = random.Random(0).shuffle
     for r in range(warmup + repeats):
-        order = methods[r % len(methods):] + methods[:r % len(methods)]
+        order = list(methods)
+        shuffle(order)
         for m in order:
             sync(device)
             t0 = time.perf_counter()
@@ -218,11 +241,11 @@ def time_methods(methods: List[Method], z, t, device, repeats: int,
             sync(device)
             if r >= warmup:
                 times[m.name].append((time.perf_counter() - t0) / inner)
-    return {k: statistics.median(v) for k, v in times.items()}
+    return times
 
 
 def time_graphs(methods: List[Method], z, t, repeats: int,
-                inner: int) -> Dict[str, float]:
+                inner: int) -> Dict[str, List[float]]:
     """GPU time per fwd+bwd: each method captured once in a CUDA graph and
     replayed ``inner`` times per sample (no host/launch overhead)."""
     graphs = {}
@@ -247,8 +270,10 @@ def time_graphs(methods: List[Method], z, t, repeats: int,
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(
         enable_timing=True)
     names = list(graphs)
+    shuffle = random.Random(0).shuffle
     for r in range(repeats + 3):
-        for name in names[r % len(names):] + names[:r % len(names)]:
+        shuffle(names)
+        for name in names:
             start.record()
             for _ in range(inner):
                 graphs[name].replay()
@@ -257,7 +282,7 @@ def time_graphs(methods: List[Method], z, t, repeats: int,
             if r >= 3:
                 times[name].append(start.elapsed_time(end) / 1e3 / inner)
     z.grad = None
-    return {k: statistics.median(v) for k, v in times.items()}
+    return times
 
 
 def machine_info(device: str, threads: int) -> str:
@@ -270,7 +295,8 @@ def machine_info(device: str, threads: int) -> str:
                     break
     except OSError:
         pass
-    parts = [f'torch {torch.__version__}', f'Python {platform.python_version()}']
+    parts = [f'torch {torch.__version__}',
+             f'Python {platform.python_version()}']
     if device == 'cuda':
         parts.insert(0, torch.cuda.get_device_name())
         try:
@@ -339,13 +365,16 @@ def main(argv=None):
     for kind in args.targets:
         soft = kind == 'soft'
         base_name = BASE_SOFT if soft else BASE_HARD
-        print(f'\n### {kind} targets: fwd+bwd median, ratio to {base_name}\n')
-        print('| shape | method | time | ratio | peak extra memory |')
-        print('|---|---|---:|---:|---:|')
+        print(f'\n### {kind} targets: fwd+bwd median (and minimum), ratio '
+              f'to {base_name} and to the fused op\n')
+        print('| shape | method | time | min | ratio | vs op | '
+              'peak extra memory |')
+        print('|---|---|---:|---:|---:|---:|---:|')
         for shape_name in args.shapes:
             shape = SHAPES[shape_name]
             seg = len(shape) > 2
-            chosen = [m for m in methods if m.soft == soft and (m.seg or not seg)]
+            chosen = [m for m in methods
+                      if m.soft == soft and (m.seg or not seg)]
             z, t = make_inputs(shape, args.device, dtype, soft)
             reps = args.repeats
             if seg:
@@ -355,33 +384,39 @@ def main(argv=None):
             print(f'[{shape_name}: {len(chosen)} methods x {reps} repeats]',
                   file=sys.stderr, flush=True)
             if args.cuda_graph and args.device == 'cuda':
-                med = time_graphs(chosen, z, t, reps, inner)
-                chosen = [m for m in chosen if m.name in med]
+                times = time_graphs(chosen, z, t, reps, inner)
+                chosen = [m for m in chosen if m.name in times]
             else:
-                med = time_methods(chosen, z, t, args.device, reps,
-                                   args.warmup if not seg else 1, inner)
+                times = time_methods(chosen, z, t, args.device, reps,
+                                     args.warmup if not seg else 1, inner)
+            med = {k: statistics.median(v) for k, v in times.items()}
+            low = {k: min(v) for k, v in times.items()}
             logits_bytes = z.numel() * z.element_size()
-            base = med[base_name]
+            base, op = med[base_name], med.get(OURS)
             for m in chosen:
                 mem = None if args.no_memory else peak_extra_bytes(
                     m, z, t, args.device)
                 mem_s = 'n/a' if mem is None else \
                     f'{mem / 2**20:.1f} MiB ({mem / logits_bytes:.1f}x logits)'
+                vs_op = med[m.name] / op if op else None
                 print(f'| {shape_name} | {m.name} | {fmt_time(med[m.name])} | '
-                      f'{med[m.name] / base:.2f}x | {mem_s} |', flush=True)
+                      f'{fmt_time(low[m.name])} | {med[m.name] / base:.2f}x | '
+                      f'{"n/a" if vs_op is None else f"{vs_op:.2f}x"} | '
+                      f'{mem_s} |', flush=True)
                 results['rows'].append(dict(
                     targets=kind, shape=shape_name, method=m.name,
-                    seconds=med[m.name], ratio=med[m.name] / base,
+                    seconds=med[m.name], min_seconds=low[m.name],
+                    ratio=med[m.name] / base, ratio_to_op=vs_op,
                     peak_extra_bytes=mem))
             skipped = [m.name for m in methods
                        if m.soft == soft and seg and not m.seg]
             if skipped:
                 print(f'| {shape_name} | {", ".join(skipped)} | n/a (2-D '
-                      'logits only) | | |')
+                      'logits only) | | | | |')
             del z, t
     if args.json:
-        with open(args.json, 'w') as f:
-            json.dump(results, f, indent=1)
+        from maxsup_mm.fileio import atomic_write_json
+        atomic_write_json(args.json, results, indent=1)
     return 0
 
 

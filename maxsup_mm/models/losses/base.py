@@ -9,37 +9,28 @@ No check here reads a tensor's values into Python unless the tensor is on
 the CPU (where that costs no device synchronisation) and no graph is being
 compiled: on other devices, label ranges are checked by an asynchronous
 device-side assert (or by the fused op's kernel itself).
+
+The checks of the hyper-parameters (``alpha``, ``beta``, weights:
+:func:`check_nonnegative`, :func:`check_finite`) and of soft targets
+(:func:`check_soft_target`, a device-side assert) are the fused op's own
+(:mod:`maxsup_mm.ops`), re-exported here: one rule for the op and every loss.
 """
-import math
 from typing import List, Optional, Tuple
 
 import torch
 import torch.nn as nn
 from mmpretrain.models.losses.utils import weight_reduce_loss
 
+from maxsup_mm.ops import check_finite, check_nonnegative, check_soft_target
+
+__all__ = [
+    'check_nonnegative', 'check_finite', 'check_soft_target',
+    'check_reduction', 'values_readable', 'check_label_range',
+    'label_range_error', 'check_cls_inputs', 'reduce_weighted',
+    'LossTermsMixin', 'BaseClsLoss', 'AlphaMixin'
+]
+
 _REDUCTIONS = ('none', 'mean', 'sum')
-
-
-def _number(name: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f'{name} must be a number, got {type(value).__name__}')
-    return float(value)
-
-
-def check_nonnegative(name: str, value: float) -> float:
-    """Return ``float(value)``; raise unless it is a finite number >= 0."""
-    value = _number(name, value)
-    if not (value >= 0 and math.isfinite(value)):  # also rejects NaN, inf
-        raise ValueError(f'{name} must be >= 0 and finite, got {value}')
-    return value
-
-
-def check_finite(name: str, value: float) -> float:
-    """Return ``float(value)``; raise unless it is a finite number."""
-    value = _number(name, value)
-    if not math.isfinite(value):
-        raise ValueError(f'{name} must be a finite number, got {value}')
-    return value
 
 
 def check_reduction(reduction: str) -> str:
@@ -55,6 +46,33 @@ def values_readable(tensor: torch.Tensor) -> bool:
     return tensor.device.type == 'cpu' and not torch.compiler.is_compiling()
 
 
+def _bad_labels(label: torch.Tensor, num_classes: int,
+                ignore_index: Optional[int]) -> torch.Tensor:
+    bad = (label < 0) | (label >= num_classes)
+    if ignore_index is not None:
+        bad &= label != ignore_index
+    return bad
+
+
+def _allowed(num_classes: int, ignore_index: Optional[int]) -> str:
+    if ignore_index is None:
+        return f'[0, {num_classes})'
+    return f'[0, {num_classes}) or equal ignore_index={ignore_index}'
+
+
+def label_range_error(label: torch.Tensor, num_classes: int, loss_name: str,
+                      ignore_index: Optional[int] = None) -> str:
+    """The message naming the out-of-range labels of a CPU tensor ('' if
+    none): read on the error path only."""
+    bad = _bad_labels(label, num_classes, ignore_index)
+    if not bool(bad.any()):
+        return ''
+    values = torch.unique(label[bad])[:8].tolist()
+    return (f'{loss_name}: labels must lie in '
+            f'{_allowed(num_classes, ignore_index)} for {num_classes} '
+            f'classes, got {values}')
+
+
 def check_label_range(label: torch.Tensor, num_classes: int, loss_name: str,
                       ignore_index: Optional[int] = None) -> None:
     """Labels must lie in ``[0, num_classes)`` (or equal ``ignore_index``).
@@ -65,19 +83,31 @@ def check_label_range(label: torch.Tensor, num_classes: int, loss_name: str,
     """
     if label.numel() == 0:
         return
-    bad = (label < 0) | (label >= num_classes)
-    if ignore_index is not None:
-        bad &= label != ignore_index
-    allowed = f'[0, {num_classes})' + (
-        '' if ignore_index is None else f' or equal ignore_index={ignore_index}')
     if values_readable(label):
-        if bool(bad.any()):
-            values = torch.unique(label[bad])[:8].tolist()
-            raise ValueError(f'{loss_name}: labels must lie in {allowed} for '
-                             f'{num_classes} classes, got {values}')
+        message = label_range_error(label, num_classes, loss_name,
+                                    ignore_index)
+        if message:
+            raise ValueError(message)
     else:
-        torch._assert_async(~bad.any(),
-                            f'{loss_name}: labels must lie in {allowed}')
+        torch._assert_async(
+            ~_bad_labels(label, num_classes, ignore_index).any(),
+            f'{loss_name}: labels must lie in '
+            f'{_allowed(num_classes, ignore_index)}')
+
+
+def reduce_weighted(loss: torch.Tensor,
+                    weight: Optional[torch.Tensor] = None,
+                    reduction: str = 'mean',
+                    avg_factor=None,
+                    reduce_fn=weight_reduce_loss) -> torch.Tensor:
+    """``reduce_fn`` (mmpretrain's ``weight_reduce_loss``, or mmseg's),
+    except that a mean over no sample is 0, not NaN (``0 / 0``): the sum of
+    the empty loss, still in the graph, with a zero gradient.  (mmpretrain's
+    own losses give NaN or raise there, mmseg's give 0.)"""
+    if reduction == 'mean' and loss.numel() == 0:
+        return loss.sum()
+    return reduce_fn(loss, weight=weight, reduction=reduction,
+                     avg_factor=avg_factor)
 
 
 def check_cls_inputs(cls_score: torch.Tensor,
@@ -91,18 +121,21 @@ def check_cls_inputs(cls_score: torch.Tensor,
     Args:
         cls_score (Tensor): must be floating point and 2-D ``(N, K)``.
         label (Tensor): ``(N,)`` integer class indices in ``[0, K)`` (any
-            integer dtype) or an ``(N, K)`` floating-point soft target.
+            integer dtype) or an ``(N, K)`` floating-point soft target
+            (a distribution per row: :func:`check_soft_target`).
         loss_name (str): used in error messages.
         soft_ok (bool): whether soft targets are accepted.
         soft_reason (str): why not, appended to the error message.
-        check_values (bool): check the label range here (see
-            :func:`check_label_range`); a loss whose kernel checks it on
-            the device passes False for non-CPU tensors.
+        check_values (bool): check the label range, or that a soft target
+            is a distribution, here (see :func:`check_label_range`); a loss
+            whose kernel checks them itself passes False.
 
     Raises:
         TypeError: non-tensor input, non-float logits, float hard labels.
         ValueError: wrong dimensions, shape mismatch, labels out of range,
             soft target to a hard-only loss.
+        RuntimeError: (CPU) a soft target that is not a distribution; on
+            other devices a device-side assert.
     """
     if not isinstance(cls_score, torch.Tensor):
         raise TypeError(f'{loss_name}: cls_score must be a Tensor, '
@@ -129,6 +162,8 @@ def check_cls_inputs(cls_score: torch.Tensor,
             raise ValueError(f'{loss_name}: got a soft (N, K) target but this '
                              f'loss needs hard class indices (N,): '
                              f'{soft_reason}')
+        if check_values:
+            check_soft_target(label, loss_name)
         return True
     if label.dim() != 1 or label.shape[0] != num:
         raise ValueError(
@@ -235,43 +270,54 @@ class BaseClsLoss(LossTermsMixin, nn.Module):
             Tensor: the reduced loss times ``loss_weight``.
         """
         reduction = check_reduction(reduction_override or self.reduction)
-        soft = check_cls_inputs(
-            cls_score, label, type(self).__name__, self.accepts_soft_target,
-            self.soft_target_reason,
-            check_values=not self.kernel_checks_labels
-            or values_readable(label))
+        name = type(self).__name__
+        # a loss whose kernel checks the labels / soft target itself (on
+        # the device, or with an IndexError on the CPU) is not checked twice
+        soft = check_cls_inputs(cls_score, label, name,
+                                self.accepts_soft_target,
+                                self.soft_target_reason,
+                                check_values=not self.kernel_checks_labels)
         if not soft and label.dtype != torch.long:
             label = label.long()  # int32 / uint8 / ... class indices
         if weight is not None:
             if weight.dim() != 1 or weight.shape[0] != cls_score.shape[0]:
-                raise ValueError(f'{type(self).__name__}: weight must have '
+                raise ValueError(f'{name}: weight must have '
                                  f'shape ({cls_score.shape[0]},), got '
                                  f'{tuple(weight.shape)}')
             weight = weight.float()
+        try:
+            loss, term, coef = self._reduced_loss(cls_score, label, weight,
+                                                  avg_factor, reduction)
+        except IndexError:  # the kernel's label check, on a CPU tensor
+            message = '' if soft or not values_readable(label) else \
+                label_range_error(label, cls_score.shape[1], name)
+            if message:
+                raise ValueError(message) from None
+            raise
+        self._record(loss, term, coef, self.loss_weight)
+        # no product node (and its backward) for the default weight
+        return loss if self.loss_weight == 1.0 else self.loss_weight * loss
+
+    def _reduced_loss(self, cls_score, label, weight, avg_factor, reduction):
+        """``(loss, term, coefficient)`` reduced as mmpretrain reduces."""
         if self.reduces_itself and weight is None and (
                 avg_factor is None or reduction == 'mean'):
             # reduced inside the kernel: mmpretrain's heads pass
             # avg_factor = batch size, which is the mean
             if avg_factor is None or (not isinstance(avg_factor, torch.Tensor)
                                       and avg_factor == cls_score.shape[0]):
-                loss, term, coef = self.loss_and_term(cls_score, label,
-                                                      reduction)
-            else:  # mmpretrain: the sum divided by avg_factor
-                loss, term, coef = self.loss_and_term(cls_score, label, 'sum')
-                loss = loss / avg_factor
-                if term is not None and self.record_terms and self.training:
-                    term = term / avg_factor
-        else:
-            loss, term, coef = self.loss_and_term(cls_score, label)
-            loss = weight_reduce_loss(
-                loss, weight=weight, reduction=reduction,
-                avg_factor=avg_factor)
+                return self.loss_and_term(cls_score, label, reduction)
+            # mmpretrain: the sum divided by avg_factor
+            loss, term, coef = self.loss_and_term(cls_score, label, 'sum')
             if term is not None and self.record_terms and self.training:
-                term = weight_reduce_loss(
-                    term.to(loss.dtype), weight=weight, reduction=reduction,
-                    avg_factor=avg_factor)
-        self._record(loss, term, coef, self.loss_weight)
-        return self.loss_weight * loss
+                term = term / avg_factor
+            return loss / avg_factor, term, coef
+        loss, term, coef = self.loss_and_term(cls_score, label)
+        if term is not None and self.record_terms and self.training:
+            term = reduce_weighted(term.to(loss.dtype), weight, reduction,
+                                   avg_factor)
+        return (reduce_weighted(loss, weight, reduction, avg_factor), term,
+                coef)
 
 
 class AlphaMixin:

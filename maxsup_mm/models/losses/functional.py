@@ -109,7 +109,8 @@ def _masked_mean_gap(logits: torch.Tensor, z_gt: torch.Tensor,
     """mean over masked k of (z_gt - z_k); 0 where the mask is empty."""
     count = mask.sum(dim=1)
     gap = ((z_gt.unsqueeze(1) - logits) * mask).sum(dim=1)
-    return torch.where(count > 0, gap / count.clamp(min=1), torch.zeros_like(gap))
+    return torch.where(count > 0, gap / count.clamp(min=1),
+                       torch.zeros_like(gap))
 
 
 def ls_regularization_term(logits: torch.Tensor,

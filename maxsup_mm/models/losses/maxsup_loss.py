@@ -27,7 +27,11 @@ class MaxSupLoss(AlphaMixin, BaseClsLoss):
 
     Computed by the fused op (:func:`maxsup_mm.ops.maxsup_cross_entropy`):
     ``reduction='mean'`` / ``'sum'`` (without ``weight`` / ``avg_factor``)
-    reduces inside the op.  With
+    reduces inside the op, which also checks the labels (a soft target must
+    be a distribution: a device-side assert) and returns a float32 loss for
+    bf16 / fp16 logits (as ``F.cross_entropy`` under autocast); on the
+    training path (``loss_weight=1``, no ``weight``, the heads'
+    ``avg_factor = N``) this class adds no tensor operation of its own.  With
     :class:`~maxsup_mm.engine.hooks.LossTermsHook` the training log shows
     ``maxsup_term`` (:math:`\alpha (z_{max} - \bar z)` times
     ``loss_weight``, reduced like the loss) and ``ce_term`` (the rest).

@@ -19,7 +19,8 @@ import torch.nn as nn
 from mmseg.registry import MODELS as SEG_MODELS
 
 from .base import (AlphaMixin, LossTermsMixin, check_finite,
-                   check_label_range, check_reduction, values_readable)
+                   check_label_range, check_reduction, reduce_weighted,
+                   values_readable)
 from .functional import maxsup_cross_entropy
 
 
@@ -85,7 +86,10 @@ class PixelMaxSupLoss(AlphaMixin, LossTermsMixin, nn.Module):
     class index, e.g. 255, where mmseg 1.2.2 fails with an IndexError).
 
     Without ``class_weight`` / ``weight`` / ``avg_factor`` and with
-    ``avg_non_ignore=False``, the pixels are summed inside the fused op.  No label value is read into Python for non-CPU tensors.
+    ``avg_non_ignore=False``, the pixels are summed inside the fused op.
+    No label value is read into Python for non-CPU tensors.  The loss is
+    float32 for bf16 / fp16 logits (the op's); a mean over no pixel (an
+    empty crop) is 0, as mmseg's ``CrossEntropyLoss`` gives.
     With :class:`~maxsup_mm.engine.hooks.LossTermsHook` the training log
     shows ``maxsup_term`` (the MaxSup share of the loss) and ``ce_term``.
 
@@ -198,7 +202,8 @@ class PixelMaxSupLoss(AlphaMixin, LossTermsMixin, nn.Module):
             cls_score, label, self.alpha, ignore_index, return_gap=True)
         valid = label != ignore_index
         if self.class_weight is not None:
-            class_weight = cls_score.new_tensor(self.class_weight)
+            # in the loss's precision (float32 for bf16 / fp16 logits)
+            class_weight = loss.new_tensor(self.class_weight)
             pixel_weight = class_weight[label.long().masked_fill(~valid, 0)]
             loss = loss * pixel_weight  # ignored pixels are 0 already
             gap = gap * pixel_weight.to(gap.dtype)
@@ -214,12 +219,12 @@ class PixelMaxSupLoss(AlphaMixin, LossTermsMixin, nn.Module):
             denom = valid if self.avg_non_ignore else None
         if avg_factor is None and reduction == 'mean' and denom is not None:
             avg_factor = denom.sum().to(loss.dtype)  # on the device
-        out = weight_reduce_loss(
-            loss, weight=weight, reduction=reduction, avg_factor=avg_factor)
+        # (a mean over no pixel: 0, as mmseg's CrossEntropyLoss gives)
+        out = reduce_weighted(loss, weight, reduction, avg_factor,
+                              weight_reduce_loss)
         if self.record_terms and self.training:
-            gap = weight_reduce_loss(
-                gap.to(out.dtype), weight=weight, reduction=reduction,
-                avg_factor=avg_factor)
+            gap = reduce_weighted(gap.to(out.dtype), weight, reduction,
+                                  avg_factor, weight_reduce_loss)
             self._record(out, gap, self.alpha, self.loss_weight)
         return self.loss_weight * out
 
