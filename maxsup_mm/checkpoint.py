@@ -69,7 +69,7 @@ import torch
 __all__ = [
     'CheckpointError', 'load_checkpoint', 'is_safetensors_file',
     'install_mmengine_loader', 'safe_global_names', 'non_finite_tensors',
-    'check_finite', 'load_state_dict_checked', 'unwrap_model'
+    'check_finite', 'load_state_dict_checked', 'unwrap_model', 'shown_names'
 ]
 
 
@@ -373,8 +373,8 @@ def _finish(obj: Any, name: str) -> Any:
     result = visit(obj, '', 0)
     if meta:
         raise CheckpointError(
-            f'{name}: holds meta tensors (no data): {_shown(meta)}; re-save '
-            'it from a model whose weights are materialised')
+            f'{name}: holds meta tensors (no data): {shown_names(meta)}; '
+            're-save it from a model whose weights are materialised')
     return result
 
 
@@ -596,7 +596,8 @@ def non_finite_tensors(state_dict: Dict[str, Any]) -> List[str]:
     """
     meta = _meta_tensors(state_dict)
     if meta:
-        raise CheckpointError(f'holds meta tensors (no data): {_shown(meta)}')
+        raise CheckpointError(
+            f'holds meta tensors (no data): {shown_names(meta)}')
     return [k for k, v in state_dict.items()
             if isinstance(v, torch.Tensor) and v.is_floating_point()
             and not _all_finite(v)]
@@ -608,15 +609,13 @@ def check_finite(state_dict: Dict[str, Any], source: str) -> None:
     meta = _meta_tensors(state_dict)
     if meta:
         raise CheckpointError(
-            f'{source}: holds meta tensors (no data): {_shown(meta)}; '
+            f'{source}: holds meta tensors (no data): {shown_names(meta)}; '
             're-save it from a model whose weights are materialised')
     bad = non_finite_tensors(state_dict)
     if bad:
-        shown = ', '.join(bad[:8]) + (f' and {len(bad) - 8} more'
-                                      if len(bad) > 8 else '')
         raise CheckpointError(
             f'{source}: {len(bad)} tensor(s) hold NaN or infinity '
-            f'(a diverged or corrupt checkpoint): {shown}')
+            f'(a diverged or corrupt checkpoint): {shown_names(bad, 8)}')
 
 
 # ---------------------------------------------------------------------------
@@ -835,7 +834,8 @@ _SIZE_RE = re.compile(r'size mismatch for (\S+): copying a param with shape '
                       r'shape in current model is torch\.Size\((\[[^\]]*\])\)')
 
 
-def _shown(keys: List[str], limit: int = 4) -> str:
+def shown_names(keys: List[str], limit: int = 4) -> str:
+    """``'a, b, c, d and 5 more'``: the first ``limit`` names."""
     return ', '.join(keys[:limit]) + (f' and {len(keys) - limit} more'
                                       if len(keys) > limit else '')
 
@@ -907,7 +907,7 @@ def load_state_dict_checked(model, state_dict: Dict[str, Any], source: str,
     report = dict(missing=missing, unexpected=unexpected,
                   mismatched=mismatched)
     if missing or unexpected or mismatched:
-        parts = [f'{len(v)} {name} ({_shown(v)})' for name, v in (
+        parts = [f'{len(v)} {name} ({shown_names(v)})' for name, v in (
             ('missing', missing), ('unexpected', unexpected),
             ('with another shape', mismatched)) if v]
         message = (f'{source} does not fit the model of the config: '

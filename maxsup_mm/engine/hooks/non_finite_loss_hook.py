@@ -8,7 +8,7 @@ from mmengine.dist import all_reduce, get_rank, get_world_size
 from mmengine.hooks import CheckpointHook, Hook
 from mmengine.registry import HOOKS
 
-from maxsup_mm.checkpoint import unwrap_model
+from maxsup_mm.checkpoint import shown_names, unwrap_model
 
 
 class NonFiniteLossError(RuntimeError):
@@ -173,10 +173,8 @@ class NonFiniteLossHook(Hook):
         # the error path: reading values here costs nothing that matters
         names = [name for (name, _), ok in zip(named, finite.tolist())
                  if not ok]
-        shown = ', '.join(names[:8]) + (f' and {len(names) - 8} more'
-                                        if len(names) > 8 else '')
-        what = f'{shown} ({len(names)} of {len(named)} tensors)' \
-            if names else 'none'
+        what = (f'{shown_names(names, 8)} ({len(names)} of {len(named)} '
+                'tensors)') if names else 'none'
         if get_world_size() > 1:
             what = f'rank {get_rank()}\'s non-finite tensors: {what}'
         where, stopped = _where_stopped(bad)
