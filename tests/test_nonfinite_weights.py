@@ -2,10 +2,7 @@
 floating parameter and buffer (on every rank) before a checkpoint is written,
 which catches what a finite loss hides (a NaN gradient, a NaN buffer)."""
 import glob
-import os
 import os.path as osp
-import subprocess
-import sys
 from types import SimpleNamespace
 
 import pytest
@@ -16,7 +13,7 @@ import nan_state_hooks  # noqa: F401  tests/helpers (registers the hooks)
 from child_config import RESNET18_MAXSUP_TINY, write_child_config
 from maxsup_mm.engine.hooks import (NonFiniteLossError, NonFiniteLossHook,
                                     NonFiniteWeightsError)
-from ports import free_port  # tests/helpers
+from dist_run import dist_train  # tests/helpers
 from tiny_classifier import tiny_runner  # tests/helpers
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
@@ -148,11 +145,7 @@ def test_dist_non_finite_weights_stop_every_rank_before_checkpoint(
         # 2 ranks x 4 iterations: iteration 3 (0-based) ends with iter_4.pth
         f"custom_hooks = [dict(type='{fault}', iter=3, rank=1)]\n")
     work = str(tmp_path / 'work')
-    env = dict(os.environ, OMP_NUM_THREADS='1', PORT=free_port(),
-               PYTHON=sys.executable, PYTHONPATH=HELPERS)
-    proc = subprocess.run(['bash', 'tools/dist_train.sh', cfg, '2',
-                           '--work-dir', work], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=900)
+    proc = dist_train(cfg, work, pythonpath=HELPERS)
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0, out[-3000:]
     assert not osp.exists(osp.join(work, 'iter_4.pth')), out[-3000:]

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from load_tool import load_tool  # tests/helpers
-from ports import free_port  # tests/helpers
+from dist_run import free_port  # tests/helpers
 from unwritable import unwritable_folder  # tests/helpers
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))

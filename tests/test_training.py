@@ -14,7 +14,7 @@ import torch
 from child_config import (RESNET18_MAXSUP_TINY,  # tests/helpers
                           write_child_config)
 from load_tool import load_tool  # tests/helpers
-from ports import free_port  # tests/helpers
+from dist_run import dist_train, free_port  # tests/helpers
 
 # every test trains or runs a tool in a subprocess (minutes): slow
 pytestmark = pytest.mark.slow
@@ -272,11 +272,7 @@ def test_dist_train_two_cpu_processes(imagenet_root, tmp_path):
         "type='OnlineLabelSmoothLoss', num_classes=4)))\n"
         "custom_hooks = [dict(type='OnlineLabelSmoothHook')]\n")
     work = str(tmp_path / 'work')
-    env = dict(os.environ, OMP_NUM_THREADS='1', PORT=free_port(),
-               PYTHON=sys.executable)
-    proc = subprocess.run(['bash', 'tools/dist_train.sh', cfg, '2',
-                           '--work-dir', work], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=900)
+    proc = dist_train(cfg, work)
     assert proc.returncode == 0, proc.stderr[-3000:]
     logs = glob.glob(osp.join(work, '*', '*.log'))
     text = open(logs[0]).read()
@@ -301,7 +297,8 @@ def test_dist_train_two_cpu_processes(imagenet_root, tmp_path):
             ('single', [sys.executable, 'tools/test.py', cfg,
                         osp.join(work, 'epoch_1.pth')])):
         out = str(tmp_path / f'{name}.pkl')
-        env['PORT'] = free_port()
+        env = dict(os.environ, OMP_NUM_THREADS='1', PORT=free_port(),
+                   PYTHON=sys.executable)
         proc = subprocess.run(
             command + ['--work-dir', str(tmp_path / name), '--out', out],
             cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
@@ -326,11 +323,7 @@ def test_dist_nan_on_one_rank_stops_every_rank_before_checkpoint(
         # 2 ranks x 4 iterations per epoch: 0-based iteration 7 ends epoch 2
         "custom_hooks = [dict(type='PoisonWeightsHook', iter=7, rank=1)]\n")
     work = str(tmp_path / 'work')
-    env = dict(os.environ, OMP_NUM_THREADS='1', PORT=free_port(),
-               PYTHON=sys.executable, PYTHONPATH=HELPERS)
-    proc = subprocess.run(['bash', 'tools/dist_train.sh', cfg, '2',
-                           '--work-dir', work], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=900)
+    proc = dist_train(cfg, work, pythonpath=HELPERS)
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0, out[-3000:]
     assert not osp.exists(osp.join(work, 'epoch_2.pth'))
